@@ -14,6 +14,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Make Whisper small and fast: guided distillation jointly with quantization."""
+
+
 # Each module registers its command on `app` when imported. A module that is not written yet is
 # simply absent from the list.
 _COMMANDS = ["evaluate", "quantize", "export", "distill", "select_layers"]

@@ -1,0 +1,126 @@
+"""Batched decoding with the right language/task prompt per utterance.
+
+Utterances are grouped by language (one prompt per batch), sorted by length within a language so
+that batches waste little padding, and decoded greedily or with beam search. Two engines: the
+transformers model itself, and the CTranslate2 engine for CTranslate2 directories.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from transformers.utils import logging as hf_logging
+
+from whisper_kdq.data.audio import SAMPLE_RATE
+from whisper_kdq.data.manifest import Utterance
+from whisper_kdq.errors import UserError
+
+ProgressFn = Callable[[int], None]  # called with the number of utterances just finished
+
+
+@dataclass
+class Transcripts:
+    hypotheses: list[str]  # in the order of the input utterances
+    wall_s: float  # decoding time, feature extraction included
+    audio_s: float  # total audio duration
+
+    @property
+    def rtf(self) -> float:
+        return self.wall_s / self.audio_s if self.audio_s else float("nan")
+
+
+def _batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]]:
+    """Indices grouped by language, longest first within each language, cut into batches."""
+    by_language: dict[str | None, list[int]] = {}
+    for i, utt in enumerate(utterances):
+        by_language.setdefault(utt.language, []).append(i)
+    lengths = [len(u.load()) for u in utterances]
+    batches = []
+    for indices in by_language.values():
+        indices.sort(key=lambda i: -lengths[i])
+        batches += [indices[k : k + batch_size] for k in range(0, len(indices), batch_size)]
+    return batches
+
+
+def transcribe(
+    model,
+    processor,
+    utterances: Sequence[Utterance],
+    *,
+    batch_size: int = 8,
+    beam_size: int = 1,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+) -> Transcripts:
+    """Transcribe with a transformers `WhisperForConditionalGeneration`."""
+    hf_logging.set_verbosity_error()  # transformers' own deprecation chatter about generation configs
+    multilingual = bool(getattr(model.generation_config, "is_multilingual", True))
+    hypotheses: list[str] = [""] * len(utterances)
+    audio = [u.load() for u in utterances]
+    start = time.perf_counter()
+    for batch in _batches(utterances, batch_size):
+        features = processor.feature_extractor(
+            [audio[i] for i in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features.to(device=device, dtype=next(model.parameters()).dtype)
+        language = utterances[batch[0]].language
+        kwargs = {"task": "transcribe", "language": language} if multilingual else {}
+        with torch.inference_mode():
+            tokens = model.generate(features, num_beams=beam_size, do_sample=False, **kwargs)
+        texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        for i, text in zip(batch, texts):
+            hypotheses[i] = text.strip()
+        if progress:
+            progress(len(batch))
+    wall = time.perf_counter() - start
+    return Transcripts(hypotheses, wall, sum(len(a) for a in audio) / SAMPLE_RATE)
+
+
+def transcribe_ct2(
+    model_dir: Path,
+    processor,
+    utterances: Sequence[Utterance],
+    *,
+    batch_size: int = 8,
+    beam_size: int = 1,
+    device: str = "cpu",
+    compute_type: str = "default",
+    progress: ProgressFn | None = None,
+) -> Transcripts:
+    """Transcribe with the CTranslate2 engine (the runtime faster-whisper uses)."""
+    try:
+        import ctranslate2
+    except ImportError:
+        raise UserError("--engine ctranslate2 needs `pip install ctranslate2`") from None
+    engine = ctranslate2.models.Whisper(str(model_dir), device="cuda" if device.startswith("cuda") else "cpu",
+                                        compute_type=compute_type)
+    tok = processor.tokenizer
+    hypotheses: list[str] = [""] * len(utterances)
+    audio = [u.load() for u in utterances]
+    start = time.perf_counter()
+    for batch in _batches(utterances, batch_size):
+        features = processor.feature_extractor(
+            [audio[i] for i in batch], sampling_rate=SAMPLE_RATE, return_tensors="np"
+        ).input_features.astype(np.float32)
+        language = utterances[batch[0]].language
+        prompt = ["<|startoftranscript|>"]
+        if engine.is_multilingual:
+            prompt += [f"<|{language}|>" if language else None, "<|transcribe|>"]
+        prompt.append("<|notimestamps|>")
+        storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
+        if engine.is_multilingual and language is None:
+            detected = engine.detect_language(storage)
+            prompts = [[tok.convert_tokens_to_ids(t if t else d[0][0]) for t in prompt] for d in detected]
+        else:
+            prompts = [tok.convert_tokens_to_ids(prompt)] * len(batch)
+        results = engine.generate(storage, prompts, beam_size=beam_size)
+        for i, result in zip(batch, results):
+            hypotheses[i] = tok.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
+        if progress:
+            progress(len(batch))
+    wall = time.perf_counter() - start
+    return Transcripts(hypotheses, wall, sum(len(a) for a in audio) / SAMPLE_RATE)
