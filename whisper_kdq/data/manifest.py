@@ -139,7 +139,7 @@ def _utterance(manifest: Path, source: str, row: dict) -> Utterance:
 
 
 def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # -sig: tolerate a byte order mark
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -152,13 +152,13 @@ def _jsonl_rows(path: Path):
 
 def _csv_rows(path: Path):
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheets write a byte order mark
         reader = csv.DictReader(f, delimiter=delimiter)
         missing = {"audio", "text"} - set(reader.fieldnames or [])
         if missing:
             raise ManifestError(f"{path.name}:1: header lacks column(s) {', '.join(sorted(missing))}")
-        for number, row in enumerate(reader, start=2):
-            yield f"{path.name}:{number}", row
+        for row in reader:  # line_num: the file line where the row ends (blank lines are skipped)
+            yield f"{path.name}:{reader.line_num}", row
 
 
 def _hf_rows(path: Path):
