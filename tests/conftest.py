@@ -79,3 +79,13 @@ def ja_clip(tmp_path_factory):
     from whisper_kdq.data.synth import synthesize_one
 
     return synthesize_one("東京の天気は晴れです。", "ja", "jf_alpha", 1.0)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """About ten clips synthesized on the spot (6 ja by kokoro, 4 en by espeak-ng), with a manifest."""
+    from whisper_kdq.data.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize_corpus(out, ja_limit=6, en_limit=4, progress=False)
+    return out

@@ -1,0 +1,63 @@
+"""export: transformers and CTranslate2 directories that their runtimes load, checked after writing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from whisper_kdq.cli import app
+from whisper_kdq.errors import UserError
+from whisper_kdq.export import export_model
+from whisper_kdq.models.refs import load_model
+
+runner = CliRunner()
+
+
+def test_hf_export_loads_offline_with_transformers(tiny_model_dir, tmp_path):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    result = runner.invoke(app, ["export", "--model", str(tiny_model_dir), "--format", "hf",
+                                 "--out", str(tmp_path / "hf"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["max_logit_diff"] == 0.0
+    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "model.safetensors"):
+        assert (tmp_path / "hf" / name).is_file(), name
+    model = WhisperForConditionalGeneration.from_pretrained(tmp_path / "hf", local_files_only=True)
+    processor = WhisperProcessor.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert processor.feature_extractor.feature_size == model.config.num_mel_bins
+    assert model.generation_config.lang_to_id["<|ja|>"] == 50266
+    # Never overwrite without --force.
+    again = runner.invoke(app, ["export", "--model", str(tiny_model_dir), "--format", "hf", "--out", str(tmp_path / "hf")])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_ct2_export_runs_in_ctranslate2_and_faster_whisper(tiny_model_dir, tmp_path, fixture_manifest):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    faster_whisper = pytest.importorskip("faster_whisper")
+    loaded = load_model(str(tiny_model_dir))
+    result = export_model(loaded, "ct2", tmp_path / "ct2")
+    assert result.precision == "float16" and "not quantized" in result.reason
+    engine = ctranslate2.models.Whisper(str(tmp_path / "ct2"), device="cpu")
+    assert engine.is_multilingual and engine.n_mels == 80
+    fw = faster_whisper.WhisperModel(str(tmp_path / "ct2"), device="cpu", compute_type="float32")
+    clip = json.loads(fixture_manifest.read_text(encoding="utf-8").splitlines()[0])["audio"]
+    segments, info = fw.transcribe(str(fixture_manifest.parent / clip), language="ja", beam_size=1)
+    list(segments)  # decoding runs end to end (a random model's words are meaningless)
+    assert info.language == "ja"
+    # Importing the export back gives the same logits within float16 precision.
+    back = load_model(str(tmp_path / "ct2")).model
+    features = torch.randn(1, 80, 3000)
+    prompt = torch.tensor([[50258, 50266, 50359, 50363]])
+    with torch.no_grad():
+        a = loaded.model(input_features=features, decoder_input_ids=prompt).logits
+        b = back(input_features=features, decoder_input_ids=prompt).logits
+    assert torch.allclose(a, b, atol=1e-2 * a.abs().max().item())
+
+
+def test_unknown_format_is_a_user_error(tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match="unknown export format"):
+        export_model(load_model(str(tiny_model_dir)), "onnx", tmp_path / "x")
