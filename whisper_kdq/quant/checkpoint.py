@@ -1,0 +1,275 @@
+"""The packed checkpoint: one `.safetensors` file of bit-packed codes, fp16 scales and float tensors.
+
+We write the safetensors container ourselves (8-byte header length, JSON header, data) so that the
+header, and therefore the file size, is known before any weight is quantized: `--dry-run` predicts
+the size to the byte. The layout is specified in docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from whisper_kdq.errors import CheckpointError
+from whisper_kdq.fileio import atomic_file, check_output
+from whisper_kdq.quant.packing import pack, packed_nbytes, unpack
+from whisper_kdq.quant.plan import Plan
+from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, quantize
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed"]
+
+FORMAT_NAME = "whisper-kdq-packed"
+FORMAT_VERSION = 1
+TOKENIZER_KEY = "__tokenizer__"
+_DTYPES = {"F32": (torch.float32, np.float32, 4), "F16": (torch.float16, np.float16, 2), "U8": (torch.uint8, np.uint8, 1)}
+_ORDER = {"F32": 0, "F16": 1, "U8": 2}  # widest first, so every tensor starts aligned to its item size
+_CHECKSUM_PLACEHOLDER = "sha256:" + "0" * 64
+
+
+@dataclass
+class Entry:
+    name: str
+    dtype: str  # safetensors dtype: F32, F16, U8
+    shape: tuple[int, ...]
+    make: Callable[[], torch.Tensor] | None = None  # produces the data (None in a dry run)
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * _DTYPES[self.dtype][2]
+
+
+def _unique_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict without tied copies (proj_out shares the token embedding), and the tie map."""
+    state, seen, tied = {}, {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), tuple(t.shape)) if t.numel() else None
+        if key in seen:
+            tied[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        state[name] = t
+    return state, tied
+
+
+def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
+             qparams: dict | None = None, column_weights: dict | None = None,
+             dry: bool = False) -> tuple[list[Entry], dict, dict[str, str]]:
+    state, tied = _unique_state(model)
+    specs = {n: s for n, s in plan.resolve(state).items() if s is not None}
+    entries, qmeta = [], {}
+    for name, t in state.items():
+        spec = specs.get(name)
+        if spec is None:
+            entries.append(Entry(name, "F32", tuple(t.shape), None if dry else (lambda t=t: t.detach().float().cpu())))
+            continue
+        groups, n = n_groups(tuple(t.shape), spec), t.numel()
+        qmeta[name] = {**spec.as_dict(), "shape": list(t.shape), "groups": groups}
+        cache: dict[str, QTensor] = {}
+
+        def q(name=name, t=t, spec=spec, cache=cache) -> QTensor:
+            if "q" not in cache:
+                scale, offset = (qparams or {}).get(name, (None, None))
+                cache["q"] = quantize(t.detach().float().cpu(), spec, plan.clip if plan.clip != "output" else "mse",
+                                      scale, offset, (column_weights or {}).get(name))
+            return cache["q"]
+
+        entries.append(Entry(f"{name}::codes", "U8", (packed_nbytes(n, spec.bits),),
+                             None if dry else (lambda q=q, spec=spec: pack(q().codes, spec.bits))))
+        entries.append(Entry(f"{name}::scales", "F16", (groups,), None if dry else (lambda q=q: q().scales)))
+        if not spec.symmetric:
+            entries.append(Entry(f"{name}::offsets", "F16", (groups,), None if dry else (lambda q=q: q().offsets)))
+        if spec.scheme == "apot":
+            entries.append(Entry(f"{name}::table", "F32", (2 ** spec.bits,), None if dry else (lambda q=q: q().table)))
+    if tokenizer_blob is not None:
+        blob = torch.frombuffer(bytearray(tokenizer_blob), dtype=torch.uint8)
+        entries.append(Entry(TOKENIZER_KEY, "U8", (len(tokenizer_blob),), lambda: blob))
+    entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
+    return entries, qmeta, tied
+
+
+def _header(entries: list[Entry], metadata: dict[str, str]) -> bytes:
+    header, offset = {}, 0
+    for e in entries:
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return raw + b" " * ((-len(raw)) % 8)  # safetensors pads the header to 8 bytes
+
+
+def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Entry], checksum: str) -> dict[str, str]:
+    qbytes = sum(e.nbytes for e in entries if "::" in e.name)
+    qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
+    return {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "config": model.config.to_json_string(use_diff=False),
+        "generation_config": model.generation_config.to_json_string(use_diff=False),
+        "quantization": json.dumps(qmeta, sort_keys=True),
+        "tied": json.dumps(tied, sort_keys=True),
+        "tokenizer": f"{TOKENIZER_KEY}: tokenizer.json, xz-compressed",
+        "bits_per_weight": f"{8 * qbytes / max(qweights, 1):.4f}",
+        "checksum": checksum,
+    }
+
+
+def _tokenizer_blob(processor) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        processor.tokenizer.save_pretrained(d)
+        return lzma.compress((Path(d) / "tokenizer.json").read_bytes(), preset=9)
+
+
+def predict_packed(model: torch.nn.Module, plan: Plan, processor=None) -> dict:
+    """What `save_packed` would write, without quantizing: per-tensor specs and bytes, exact file size."""
+    blob_len = len(_tokenizer_blob(processor)) if processor is not None else 0
+    entries, qmeta, tied = _entries(model, plan, None, dry=True)
+    if processor is not None:
+        entries.append(Entry(TOKENIZER_KEY, "U8", (blob_len,)))
+        entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
+    return _summary(model, entries, qmeta, tied, 8 + len(_header(entries, _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER))))
+
+
+def _summary(model, entries: list[Entry], qmeta: dict, tied: dict, header_bytes: int) -> dict:
+    state, _ = _unique_state(model)
+    params = sum(t.numel() for t in state.values())
+    payload = sum(e.nbytes for e in entries if e.name != TOKENIZER_KEY)
+    qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
+    qbytes = sum(e.nbytes for e in entries if "::" in e.name)
+    file_bytes = header_bytes + sum(e.nbytes for e in entries)
+    per_tensor = {}
+    for name, t in state.items():
+        size = sum(e.nbytes for e in entries if e.name == name or e.name.startswith(f"{name}::"))
+        per_tensor[name] = {"spec": qmeta[name] if name in qmeta else None, "shape": list(t.shape), "bytes": size}
+    return {
+        "file_bytes": file_bytes, "payload_bytes": payload, "header_bytes": header_bytes,
+        "tokenizer_bytes": file_bytes - header_bytes - payload, "params": params,
+        "quantized_params": qweights, "bits_per_weight_quantized": 8 * qbytes / max(qweights, 1),
+        "bits_per_weight_file": 8 * file_bytes / params, "fp32_bytes": 4 * params, "fp16_bytes": 2 * params,
+        "ratio_vs_fp32": 4 * params / file_bytes, "ratio_vs_fp16": 2 * params / file_bytes,
+        "tied": tied, "tensors": per_tensor,
+    }
+
+
+def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, force: bool = False,
+                qparams: dict | None = None, column_weights: dict | None = None) -> dict:
+    """Quantize `model` by `plan` and write the packed checkpoint `out` atomically.
+
+    `qparams` maps tensor names to learned (scale, offset) (from QAT); `column_weights` maps them to
+    per-input-column error weights (from calibration). Returns the size summary."""
+    out = Path(out)
+    check_output(out, force)
+    entries, qmeta, tied = _entries(model, plan, _tokenizer_blob(processor), qparams, column_weights)
+    data = [_bytes(e) for e in entries]
+    digest = hashlib.sha256()
+    for chunk in data:
+        digest.update(chunk)
+    header = _header(entries, _metadata(model, qmeta, tied, entries, "sha256:" + digest.hexdigest()))
+    with atomic_file(out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(header)))
+            f.write(header)
+            for chunk in data:
+                f.write(chunk)
+    summary = _summary(model, entries, qmeta, tied, 8 + len(header))
+    summary["plan"] = plan.as_dict()
+    return summary
+
+
+def _bytes(e: Entry) -> bytes:
+    t = e.make().contiguous()
+    assert str(t.dtype) == str(_DTYPES[e.dtype][0]) and t.numel() * t.element_size() == e.nbytes, e.name
+    return t.numpy().tobytes()
+
+
+def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Verify and read the raw tensors and metadata (CheckpointError when anything is off)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise CheckpointError(f"{path}: truncated (only {len(raw)} bytes)")
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    if 8 + hlen > len(raw):
+        raise CheckpointError(f"{path}: truncated: header says {hlen} bytes, file has {len(raw) - 8} after the length")
+    try:
+        header = json.loads(raw[8:8 + hlen].decode("utf-8"))
+        meta = header.pop("__metadata__")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
+        raise CheckpointError(f"{path}: damaged header (not the JSON of a whisper-kdq packed checkpoint)") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a whisper-kdq packed checkpoint (format {meta.get('format')!r})")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: unsupported format version {meta.get('format_version')!r}; "
+                              f"this whisper-kdq reads version {FORMAT_VERSION}")
+    data = memoryview(raw)[8 + hlen:]
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if len(data) != end:
+        what = "truncated" if len(data) < end else "has trailing bytes"
+        raise CheckpointError(f"{path}: {what}: tensors need {end} bytes of data, file has {len(data)}")
+    if "sha256:" + hashlib.sha256(data).hexdigest() != meta.get("checksum"):
+        raise CheckpointError(f"{path}: checksum mismatch: the file was altered or corrupted")
+    tensors = {}
+    for name, v in header.items():
+        torch_dtype, np_dtype, _ = _DTYPES[v["dtype"]]
+        a, b = v["data_offsets"]
+        tensors[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=np_dtype).copy()).reshape(v["shape"])
+    return tensors, meta
+
+
+def unpack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Dequantized float32 state (tied copies not repeated) and the per-tensor spec table."""
+    qmeta = json.loads(meta["quantization"])
+    state = {n: t for n, t in tensors.items() if "::" not in n and n != TOKENIZER_KEY}
+    for name, m in qmeta.items():
+        spec = QuantSpec(m["scheme"], m["bits"], m["granularity"], m["group_size"], m["symmetric"])
+        shape = tuple(m["shape"])
+        codes = unpack(tensors[f"{name}::codes"], spec.bits, int(np.prod(shape))).reshape(shape)
+        offsets = tensors.get(f"{name}::offsets")
+        q = QTensor(codes, tensors[f"{name}::scales"], offsets, spec, shape)
+        # The stored APoT table is authoritative: a reader needs no APoT code, only a lookup.
+        table = tensors.get(f"{name}::table")
+        state[name] = dequantize(q, table=table)
+    return state, qmeta
+
+
+def load_packed(path: Path, device: str = "cpu"):
+    """Load a packed checkpoint as a `LoadedModel` (kind "packed"), dequantized into float32."""
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    from whisper_kdq.models.refs import LoadedModel
+    from whisper_kdq.models.tokenizer import build_processor
+
+    path = Path(path)
+    tensors, meta = read_packed(path)
+    state, qmeta = unpack_tensors(tensors, meta)
+    config = WhisperConfig.from_dict(json.loads(meta["config"]))
+    model = WhisperForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = json.loads(meta["tied"])
+    if unexpected or set(missing) - set(tied):
+        raise CheckpointError(f"{path}: tensors do not fit the model config (missing {sorted(set(missing) - set(tied))[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    model.generation_config = GenerationConfig.from_dict(json.loads(meta["generation_config"]))
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "tokenizer.json").write_bytes(lzma.decompress(tensors[TOKENIZER_KEY].numpy().tobytes()))
+        processor = build_processor(Path(d) / "tokenizer.json", config.num_mel_bins)
+    model.to(device).eval()
+    info = {"format_version": int(meta["format_version"]), "bits_per_weight": float(meta["bits_per_weight"]),
+            "tensors": {n: {k: m[k] for k in ("scheme", "bits", "symmetric", "granularity", "group_size")}
+                        for n, m in qmeta.items()},
+            "float_weights": [n for n, t in state.items() if n not in qmeta and n.endswith(".weight")
+                              and t.dim() >= 2 and "embed_positions" not in n]}
+    return LoadedModel(model, processor, str(path), "packed", path, path.stat().st_size, info)

@@ -1,0 +1,224 @@
+"""Who gets which bits: a plan is an ordered list of (tensor-name regex -> spec or float) rules.
+
+A tensor is a candidate when its name ends in `.weight` and it has two or more dimensions
+(linears, convolutions, the token embedding); biases and norms always stay float. The default spec
+applies first, then every matching rule in order (the last match wins); a rule may give only
+some fields (say `bits`), which are merged onto what the tensor had so far. See docs/PLAN.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from whisper_kdq.errors import UserError
+from whisper_kdq.quant.schemes import GRANULARITIES, SCHEMES, QuantSpec, parse_spec
+
+__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "COMPONENTS", "Rule", "Plan", "load_plan", "plan_from_options",
+           "parse_override", "candidate_tensors", "spec_from_fields"]
+
+PLAN_FORMAT = "whisper-kdq-plan"
+PLAN_VERSION = 1
+CLIP_METHODS = ("mse", "max", "output")
+# Component name -> regex over transformers parameter names (WhisperForConditionalGeneration).
+COMPONENTS = {
+    "conv": r"^model\.encoder\.conv[12]\.weight$",
+    "encoder": r"^model\.encoder\.layers\.",
+    "decoder": r"^model\.decoder\.layers\.",
+    "embedding": r"^model\.decoder\.embed_tokens\.weight$",
+}
+# Positional tables are kept float unless a later rule says otherwise (whisper.cpp does the same;
+# they are position-wise lookups, not matrix products, and small).
+BUILTIN_FLOAT = r"\.embed_positions\.weight$"
+_FIELDS = ("scheme", "bits", "granularity", "group_size", "symmetric")
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    fields: dict  # partial QuantSpec fields; empty with float_=True means "keep float"
+    float_: bool = False
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "_re", re.compile(self.pattern))
+        except re.error as exc:
+            raise UserError(f"{self.source or 'rule'}: bad regex {self.pattern!r} ({exc})") from None
+
+    def matches(self, name: str) -> bool:
+        return self._re.search(name) is not None  # type: ignore[attr-defined]
+
+    def as_dict(self) -> dict:
+        return {"pattern": self.pattern, **({"float": True} if self.float_ else self.fields)}
+
+
+@dataclass
+class Plan:
+    default: QuantSpec | None
+    rules: list[Rule] = field(default_factory=list)
+    clip: str = "mse"  # clipping search: mse (weight error), max (none), output (needs calibration)
+
+    def resolve(self, state: dict[str, torch.Tensor]) -> dict[str, QuantSpec | None]:
+        """Spec (None = float) of every candidate tensor in `state`, in state order."""
+        out = {}
+        builtin = Rule(BUILTIN_FLOAT, {}, True, "builtin")
+        for name in candidate_tensors(state):
+            spec = self.default
+            for rule in [builtin, *self.rules]:
+                if not rule.matches(name):
+                    continue
+                if rule.float_:
+                    spec = None
+                else:
+                    spec = spec_from_fields({**(spec or self.default or QuantSpec()).as_dict(), **_gran(rule.fields)},
+                                            rule.source)
+            out[name] = spec
+        return out
+
+    def as_dict(self) -> dict:
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION,
+                "default": None if self.default is None else self.default.as_dict(),
+                "clip": self.clip, "rules": [r.as_dict() for r in self.rules]}
+
+    def save(self, path: Path) -> None:
+        from whisper_kdq.fileio import write_text_atomic
+
+        write_text_atomic(Path(path), json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def candidate_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    return [n for n, t in state.items() if n.endswith(".weight") and t.dim() >= 2 and n != "proj_out.weight"]
+
+
+def _gran(fields: dict) -> dict:
+    # A group size alone implies groups; a granularity other than groups drops the group size.
+    out = dict(fields)
+    if out.get("group_size") and "granularity" not in out:
+        out["granularity"] = "group"
+    if out.get("granularity") in ("per-tensor", "per-channel"):
+        out["group_size"] = None
+    return out
+
+
+def spec_from_fields(fields: dict, where: str = "plan") -> QuantSpec:
+    if "spec" in fields:
+        if not isinstance(fields["spec"], str):
+            raise UserError(f"{where}.spec: expected a string like uniform4g128")
+        return parse_spec(fields["spec"])
+    unknown = set(fields) - set(_FIELDS)
+    if unknown:
+        raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}: use {', '.join(_FIELDS)}, spec or float")
+    checks = {"scheme": (str, f"one of {', '.join(SCHEMES)}"), "bits": (int, "an integer 2-8"),
+              "granularity": (str, f"one of {', '.join(GRANULARITIES)}"), "group_size": ((int, type(None)), "an integer or null"),
+              "symmetric": ((bool, type(None)), "true or false")}
+    for key, value in fields.items():
+        kind, what = checks[key]
+        if not isinstance(value, kind) or (key == "bits" and isinstance(value, bool)):
+            raise UserError(f"{where}.{key}: expected {what}, got {json.dumps(value)}")
+    try:
+        return QuantSpec(**_gran(fields))
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def load_plan(path: Path) -> Plan:
+    """Read a plan JSON file (docs/PLAN.md); errors name the file and the field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"plan file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    return plan_from_dict(data, str(path))
+
+
+def plan_from_dict(data: object, where: str = "plan") -> Plan:
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+        raise UserError(f"{where}.format: expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
+    if data.get("version", PLAN_VERSION) != PLAN_VERSION:
+        raise UserError(f"{where}.version: unsupported plan version {data.get('version')!r} (this tool reads {PLAN_VERSION})")
+    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note"}
+    if unknown:
+        raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    default = data.get("default")
+    if default is not None and not isinstance(default, dict):
+        raise UserError(f"{where}.default: expected an object or null")
+    spec = None if default is None else spec_from_fields(default, f"{where}.default")
+    clip = data.get("clip", "mse")
+    if clip not in CLIP_METHODS:
+        raise UserError(f"{where}.clip: expected one of {', '.join(CLIP_METHODS)}, got {json.dumps(clip)}")
+    rules_in = data.get("rules", [])
+    if not isinstance(rules_in, list):
+        raise UserError(f"{where}.rules: expected a list")
+    rules = []
+    for i, item in enumerate(rules_in):
+        at = f"{where}.rules[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("pattern"), str):
+            raise UserError(f"{at}.pattern: expected an object with a string pattern")
+        rest = {k: v for k, v in item.items() if k not in ("pattern", "note")}
+        if rest.pop("float", False) is True:
+            if rest:
+                raise UserError(f"{at}: a float rule takes no other fields")
+            rules.append(Rule(item["pattern"], {}, True, at))
+            continue
+        if not rest:
+            raise UserError(f"{at}: give at least one of {', '.join(_FIELDS)}, spec, or float: true")
+        spec_from_fields({**(spec or QuantSpec()).as_dict(), **rest}, at)  # validate now, name the field
+        rules.append(Rule(item["pattern"], rest, False, at))
+    return Plan(spec, rules, clip)
+
+
+def parse_override(text: str) -> Rule:
+    """`REGEX=BITS`, `REGEX=float` or `REGEX=<spec>` (e.g. `fc1=3`, `embed_tokens=float`, `k_proj=apot4g64`)."""
+    pattern, sep, value = text.rpartition("=")
+    if not sep or not pattern:
+        raise UserError(f"--override {text!r}: expected REGEX=BITS (e.g. 'decoder.*fc1=3') or REGEX=float")
+    where = f"--override {text!r}"
+    if value.lower() in ("float", "none"):
+        return Rule(pattern, {}, True, where)
+    if value.isdigit():
+        spec_from_fields({"bits": int(value)}, where)
+        return Rule(pattern, {"bits": int(value)}, False, where)
+    return Rule(pattern, parse_spec(value).as_dict(), False, where)
+
+
+def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | None = None,
+                      granularity: str | None = None, symmetric: bool | None = None,
+                      component_bits: dict[str, int | None] | None = None,
+                      overrides: list[str] | None = None, clip: str | None = None, base: Plan | None = None) -> Plan:
+    """The plan the CLI flags describe. Without a group size, 8 bits are per-channel (CTranslate2's
+    int8 layout) and fewer bits use groups of 128 (per-channel 4-bit collapses whisper-base)."""
+    clip = clip or (base.clip if base is not None else "mse")
+    if clip not in CLIP_METHODS:
+        raise UserError(f"--clip: expected one of {', '.join(CLIP_METHODS)}, got {clip!r}")
+    if granularity is None:
+        granularity = "group" if group_size else ("per-channel" if bits == 8 else "group")
+    if granularity == "group" and not group_size:
+        group_size = 128
+    default = spec_from_fields({"scheme": scheme, "bits": bits, "granularity": granularity,
+                                "group_size": group_size, "symmetric": symmetric}, "options")
+    plan = Plan(default, [], clip) if base is None else replace(base, rules=list(base.rules), clip=clip)
+    # The conv front-end is 0.3 % of whisper-base and feeds everything: 8 bits unless told otherwise.
+    component_bits = {**({"conv": 8} if base is None else {}), **(component_bits or {})}
+    for name, b in component_bits.items():
+        if b is None:
+            continue
+        if name not in COMPONENTS:
+            raise UserError(f"unknown component {name!r}: use one of {', '.join(COMPONENTS)}")
+        where = f"--{name}-bits"
+        if b == 0:
+            plan.rules.append(Rule(COMPONENTS[name], {}, True, where))
+            continue
+        spec_from_fields({**(plan.default or default).as_dict(), "bits": b}, where)
+        plan.rules.append(Rule(COMPONENTS[name], {"bits": b}, False, where))
+    for text in overrides or []:
+        plan.rules.append(parse_override(text))
+    return plan
