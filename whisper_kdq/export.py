@@ -87,7 +87,8 @@ def _export_hf(loaded: LoadedModel, out: Path, force: bool) -> ExportResult:
 
 def ct2_precision(loaded: LoadedModel) -> tuple[str, str]:
     """int8 when every quantized tensor is 8-bit symmetric per-row uniform (CTranslate2's own int8
-    layout, so re-quantizing reproduces the codes); float16 otherwise."""
+    layout, so re-quantizing reproduces the codes) and no linear/embedding weight was left float
+    (CTranslate2 would quantize it); float16 otherwise."""
     tensors = loaded.info.get("tensors") if loaded.kind == "packed" else None
     if not tensors:
         return "float16", "source is not quantized"
@@ -97,6 +98,9 @@ def ct2_precision(loaded: LoadedModel) -> tuple[str, str]:
         if not exact:
             return "float16", f"{name} is {spec.get('scheme')} {spec.get('bits')}-bit {spec.get('granularity')}, " \
                               "which CTranslate2's per-row int8 cannot represent exactly"
+    left_float = loaded.info.get("float_weights") or []
+    if left_float:
+        return "float16", f"{left_float[0]} was kept float; CTranslate2 int8 would quantize it"
     return "int8", "all quantized tensors are 8-bit symmetric per-row uniform: CTranslate2 int8 holds the same codes"
 
 
@@ -133,13 +137,21 @@ def _check_ct2_engine(directory: Path) -> None:
 
 
 def _export_packed(loaded: LoadedModel, out: Path, force: bool, plan) -> ExportResult:
-    from whisper_kdq.quant.checkpoint import save_packed
+    """Quantize by `plan`, write the packed file, re-load it and check it against the in-memory
+    dequantized model (the packed file must reproduce exactly what was quantized)."""
+    from whisper_kdq.quant.checkpoint import load_packed, quantized_copy, save_packed
 
     if plan is None:
-        raise UserError("--format packed needs a quantization plan (--plan FILE or --bits)")
-    reference = _probe(loaded.model)
+        raise UserError("--format packed needs a quantization plan (--plan FILE); or use `whisper-kdq quantize`")
+    if out.suffix != ".safetensors":
+        raise UserError(f"--format packed writes one file: give --out a .safetensors name, not {out}")
     summary = save_packed(out, loaded.model, loaded.processor, plan, force=force)
-    reloaded = load_model(str(out))
-    # A packed export quantizes: compare against the packed model's own dequantized weights instead.
-    diff = (reference - _probe(reloaded.model)).abs().max().item()
-    return ExportResult("packed", out, out.stat().st_size, "packed integer codes", str(summary.get("plan", "")), diff)
+    try:
+        reference = _probe(quantized_copy(loaded.model, plan))
+        reloaded = load_packed(out, device=str(loaded.model.device))
+        diff = _check(reference, reloaded.model, 1e-5, "packed export")
+    except Exception:
+        out.unlink(missing_ok=True)  # a file that does not reload as written is not left in place
+        raise
+    reason = f"{summary['bits_per_weight_quantized']:.2f} bits per quantized weight, {summary['ratio_vs_fp32']:.2f}x vs fp32"
+    return ExportResult("packed", out, out.stat().st_size, "packed integer codes", reason, diff)

@@ -25,7 +25,7 @@ from whisper_kdq.quant.packing import pack, packed_nbytes, unpack
 from whisper_kdq.quant.plan import Plan
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, quantize
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed", "quantized_copy"]
 
 FORMAT_NAME = "whisper-kdq-packed"
 FORMAT_VERSION = 1
@@ -183,9 +183,26 @@ def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, for
             f.write(header)
             for chunk in data:
                 f.write(chunk)
+        tmp.chmod(0o644)  # mkstemp creates 0600; a checkpoint is an ordinary shareable file
     summary = _summary(model, entries, qmeta, tied, 8 + len(header))
     summary["plan"] = plan.as_dict()
     return summary
+
+
+def quantized_copy(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
+    """A deep copy of `model` whose planned weights are replaced by their quantize-dequantize, in
+    memory: what loading the packed file must reproduce."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    state, _ = _unique_state(clone)
+    with torch.no_grad():
+        for name, spec in plan.resolve(state).items():
+            if spec is not None:
+                t = state[name]
+                q = quantize(t.detach().float().cpu(), spec, plan.clip if plan.clip != "output" else "mse")
+                t.copy_(dequantize(q).to(t.dtype))
+    return clone
 
 
 def _bytes(e: Entry) -> bytes:

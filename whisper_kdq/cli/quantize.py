@@ -1,0 +1,111 @@
+"""`whisper-kdq quantize`: post-training quantization of any Whisper into a packed checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from whisper_kdq.cli import app
+from whisper_kdq.cli.common import console, print_json, resolve_device, user_errors
+from whisper_kdq.errors import UserError
+
+
+def _group(text: Optional[str]) -> tuple[Optional[int], Optional[str]]:
+    """`--group-size`: N (groups of N), `channel` / 0 (per output channel) or `tensor`."""
+    if text is None:
+        return None, None
+    if text in ("channel", "0"):
+        return None, "per-channel"
+    if text == "tensor":
+        return None, "per-tensor"
+    if not text.isdigit() or int(text) < 2:
+        raise UserError(f"--group-size {text!r}: expected an integer >= 2, 'channel' or 'tensor'")
+    return int(text), "group"
+
+
+@app.command()
+@user_errors
+def quantize(
+    model: str = typer.Option(..., "--model", "-m", help="Model reference (alias, directory, checkpoint, hub id)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Packed checkpoint to write (.safetensors)."),
+    bits: int = typer.Option(8, help="Default bit width, 2-8."),
+    scheme: str = typer.Option("uniform", help="uniform or apot."),
+    group_size: Optional[str] = typer.Option(None, help="N, 'channel' or 'tensor' (default: channel at 8 bits, 128 below)."),
+    asymmetric: bool = typer.Option(False, "--asymmetric", help="Store an offset per group (APoT always stores its mean)."),
+    encoder_bits: Optional[int] = typer.Option(None, help="Bits for encoder layers (0 = keep float)."),
+    decoder_bits: Optional[int] = typer.Option(None, help="Bits for decoder layers (0 = keep float)."),
+    embedding_bits: Optional[int] = typer.Option(None, help="Bits for the token embedding / output projection (0 = float)."),
+    conv_bits: Optional[int] = typer.Option(None, help="Bits for the conv front-end (default 8; 0 = float)."),
+    override: List[str] = typer.Option([], "--override", help="REGEX=BITS, REGEX=float or REGEX=SPEC (repeatable; last match wins)."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="Per-tensor plan JSON (docs/PLAN.md); flags above add rules after it."),
+    clip: Optional[str] = typer.Option(None, help="Clipping search: mse (weight error, default), max (none), output (needs --calibration)."),
+    calibration: Optional[Path] = typer.Option(None, help="Manifest for --clip output (a few clips are decoded)."),
+    calibration_clips: int = typer.Option(8, help="How many calibration clips to decode."),
+    save_plan: Optional[Path] = typer.Option(None, help="Also write the resolved plan JSON here."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the predicted size; write nothing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    device: str = typer.Option("cpu", help="auto, cpu or cuda (calibration only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout."),
+) -> None:
+    """Quantize MODEL's weights (uniform or APoT, 2-8 bits) into one packed .safetensors file."""
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.quant.checkpoint import predict_packed, save_packed
+    from whisper_kdq.quant.plan import load_plan, plan_from_options
+
+    if out is None and not dry_run:
+        raise UserError("--out is required (or use --dry-run)")
+    if out is not None and out.suffix != ".safetensors":
+        raise UserError(f"--out must name a .safetensors file, got {out}")
+    if out is not None and not dry_run and out.exists() and not force:
+        raise UserError(f"{out} exists; use --force to overwrite it")
+    if clip == "output" and calibration is None:
+        raise UserError("--clip output needs --calibration MANIFEST")
+    size, granularity = _group(group_size)
+    components = {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits, "conv": conv_bits}
+    the_plan = plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
+                                 symmetric=False if asymmetric else None, component_bits=components,
+                                 overrides=override, clip=clip if clip or calibration is None else "output",
+                                 base=load_plan(plan) if plan is not None else None)
+    loaded = load_model(model, device=resolve_device(device))
+    state = loaded.model.state_dict()
+    specs = the_plan.resolve(state)
+    if save_plan is not None:
+        the_plan.save(save_plan)
+    if dry_run:
+        summary = predict_packed(loaded.model, the_plan, loaded.processor)
+        _report(summary, specs, "would write", out, as_json, dry_run=True)
+        return
+    weights = None
+    if the_plan.clip == "output":
+        from whisper_kdq.data.manifest import load_dataset
+        from whisper_kdq.quant.calibrate import input_energy
+
+        with console.status(f"calibrating on {calibration_clips} clips"):
+            weights = input_energy(loaded.model, loaded.processor, load_dataset(calibration), calibration_clips)
+    with console.status(f"quantizing {model}"):
+        summary = save_packed(out, loaded.model.cpu(), loaded.processor, the_plan, force=force, column_weights=weights)
+    _report(summary, specs, "wrote", out, as_json, dry_run=False)
+
+
+def _report(summary: dict, specs: dict, verb: str, out: Optional[Path], as_json: bool, dry_run: bool) -> None:
+    if as_json:
+        print_json({"dry_run": dry_run, "out": None if out is None else str(out),
+                    **{k: v for k, v in summary.items() if k != "plan"}})
+        return
+    from rich.table import Table
+
+    table = Table("tensor", "shape", "quantization", "bytes", box=None, pad_edge=False)
+    for name, row in summary["tensors"].items():
+        spec = row["spec"]
+        what = "float32" if spec is None else f"{spec['scheme']} {spec['bits']}-bit " + (
+            f"group {spec['group_size']}" if spec["granularity"] == "group" else spec["granularity"]) + (
+            "" if spec["symmetric"] else " +offset")
+        table.add_row(name, "x".join(map(str, row["shape"])), what, f"{row['bytes']:,}")
+    console.print(table)
+    quantized = sum(1 for s in specs.values() if s is not None)
+    console.print(f"{verb} {out or '(nothing: dry run)'}: {summary['file_bytes']:,} bytes "
+                  f"({summary['ratio_vs_fp32']:.2f}x smaller than fp32, {summary['ratio_vs_fp16']:.2f}x than fp16); "
+                  f"{quantized} tensors quantized at {summary['bits_per_weight_quantized']:.3f} bits per weight; "
+                  f"{summary['bits_per_weight_file']:.3f} bits per parameter over the whole file")
