@@ -145,7 +145,7 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
         raise UserError(f"{where}.format: expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
     if data.get("version", PLAN_VERSION) != PLAN_VERSION:
         raise UserError(f"{where}.version: unsupported plan version {data.get('version')!r} (this tool reads {PLAN_VERSION})")
-    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note"}
+    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note", "selection"}
     if unknown:
         raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     default = data.get("default")
