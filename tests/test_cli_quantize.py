@@ -1,0 +1,92 @@
+"""`whisper-kdq quantize` and `export --format packed/ct2` end to end, plus real whisper-base at 8 bits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from whisper_kdq.cli import app
+from whisper_kdq.export import export_model
+from whisper_kdq.models.refs import load_model
+
+runner = CliRunner()
+
+
+def test_dry_run_predicts_the_written_size(tiny_model_dir, tmp_path):
+    out = tmp_path / "q.safetensors"
+    args = ["quantize", "--model", str(tiny_model_dir), "--out", str(out), "--bits", "4", "--scheme", "apot",
+            "--encoder-bits", "6", "--override", "fc2=float", "--json"]
+    dry = runner.invoke(app, args + ["--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    predicted = json.loads(dry.stdout)
+    assert not out.exists() and predicted["dry_run"] is True
+    assert predicted["tensors"]["model.decoder.layers.0.fc2.weight"]["spec"] is None
+    assert predicted["tensors"]["model.encoder.layers.0.fc1.weight"]["spec"]["bits"] == 6
+    real = runner.invoke(app, args)
+    assert real.exit_code == 0, real.output
+    assert json.loads(real.stdout)["file_bytes"] == predicted["file_bytes"] == out.stat().st_size
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    # The checkpoint is a model reference for evaluate.
+    loaded = load_model(str(out))
+    assert loaded.kind == "packed" and loaded.info["tensors"]["model.decoder.embed_tokens.weight"]["scheme"] == "apot"
+
+
+def test_human_dry_run_lists_tensors(tiny_model_dir):
+    result = runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--bits", "3", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "uniform 3-bit group 128" in result.output and "would write" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "9"], "bits must be"), (["--scheme", "nf4"], "unknown scheme"), (["--override", "fc1=x"], "bad quantization spec"),
+    (["--override", "[=4"], "bad regex"), (["--group-size", "abc"], "--group-size"), (["--clip", "output"], "--calibration"),
+])
+def test_bad_input_is_one_line(tiny_model_dir, args, message):
+    result = runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--dry-run", *args])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_plan_file_and_packed_export(tiny_model_dir, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "whisper-kdq-plan", "version": 1,
+                                "default": {"scheme": "uniform", "bits": 4, "granularity": "group", "group_size": 32},
+                                "rules": [{"pattern": r"^model\.encoder\.", "bits": 8}, {"pattern": "embed_tokens", "float": True}]}))
+    out = tmp_path / "p.safetensors"
+    result = runner.invoke(app, ["export", "--model", str(tiny_model_dir), "--format", "packed", "--plan", str(plan),
+                                 "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["max_logit_diff"] == 0.0
+    info = load_model(str(out)).info
+    assert info["tensors"]["model.encoder.layers.0.fc1.weight"]["bits"] == 8
+    assert "model.decoder.embed_tokens.weight" not in info["tensors"]
+
+
+def test_ct2_export_of_packed_picks_int8_only_when_exact(tiny_model_dir, tmp_path):
+    import ctranslate2  # a test dependency: this must run in CI, not skip
+
+    for bits, expected in ((8, "int8"), (4, "float16")):
+        ckpt = tmp_path / f"q{bits}.safetensors"
+        assert runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--out", str(ckpt), "--bits", str(bits)]).exit_code == 0
+        result = export_model(load_model(str(ckpt)), "ct2", tmp_path / f"ct2-{bits}")
+        assert result.precision == expected, result.reason
+        assert ctranslate2.models.Whisper(str(tmp_path / f"ct2-{bits}"), device="cpu").n_mels == 80
+
+
+@pytest.mark.integration
+def test_real_whisper_base_at_8_bits_keeps_accuracy(tmp_path, fixture_manifest):
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.evaluate import evaluate_model
+
+    out = tmp_path / "base-u8.safetensors"
+    result = runner.invoke(app, ["quantize", "--model", "base", "--out", str(out), "--bits", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert 3.5 < summary["ratio_vs_fp32"] < 4.0  # 8.25 bits per weight plus float norms / positions
+    dataset = load_dataset(fixture_manifest)
+    base = evaluate_model(load_model("base"), dataset)
+    packed = evaluate_model(load_model(str(out)), dataset)
+    for lang, metric in (("ja", "cer"), ("en", "wer")):
+        assert packed["languages"][lang][metric] <= base["languages"][lang][metric] + 0.02, (lang, packed, base)
