@@ -1,0 +1,47 @@
+"""Fake quantization: STE gradients, learnable clipping, and packed logits = fake-quant logits."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.conftest import tiny_model, tiny_processor_obj
+from whisper_kdq.models.refs import load_model
+from whisper_kdq.quant.fake import convert_to_packed, prepare_qat, qat_modules
+from whisper_kdq.quant.plan import plan_from_options
+
+
+def _logits(model):
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
+    return model(input_features=features, decoder_input_ids=torch.tensor([[50258, 50266, 50359, 400]])).logits
+
+
+def test_qat_trains_the_clip_and_packs_to_the_same_logits(tmp_path):
+    plan = plan_from_options(bits=4, group_size=32, overrides=[r"decoder\.layers\.0\.fc1=apot3c", "k_proj=uniform2t"])
+    model = prepare_qat(tiny_model(), plan)
+    fqs = qat_modules(model)
+    assert "model.decoder.embed_tokens.weight" in fqs and "proj_out.weight" not in fqs
+    assert model.proj_out.parametrizations.weight[0] is fqs["model.decoder.embed_tokens.weight"]  # still tied
+    # One training step: weights get straight-through gradients, scales their own (clipping) gradients.
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    _logits(model).logsumexp(-1).mean().backward()
+    fc1 = fqs["model.decoder.layers.0.fc1.weight"]
+    assert fc1.scale.grad is not None and fc1.scale.grad.abs().sum() > 0
+    assert model.model.decoder.layers[0].fc1.parametrizations.weight.original.grad.abs().sum() > 0
+    before = fc1.scale.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, fc1.scale.detach())
+    with torch.no_grad():
+        for fq in fqs.values():  # a visibly different clip than the initial search found
+            fq.scale.mul_(0.9)
+        fake = _logits(model)
+    convert_to_packed(model, tiny_processor_obj(), plan, tmp_path / "qat.safetensors")
+    loaded = load_model(str(tmp_path / "qat.safetensors"))
+    with torch.no_grad():
+        packed = _logits(loaded.model)
+    assert (packed - fake).abs().max() <= 1e-4 * fake.abs().max()
+    # The learned clip is what the file stores.
+    from whisper_kdq.quant.checkpoint import read_packed
+
+    tensors, _ = read_packed(tmp_path / "qat.safetensors")
+    stored = tensors["model.decoder.layers.0.fc1.weight::scales"].float()
+    assert torch.allclose(stored, fc1.scale.detach().half().float())

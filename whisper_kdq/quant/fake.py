@@ -1,0 +1,134 @@
+"""Fake quantization for quantization-aware training, built on the same schemes as the packed file.
+
+`prepare_qat(model, plan)` puts a `FakeQuantWeight` parametrization on every planned weight: the
+forward sees `level(w) * s + offset` (nearest level of the scheme's table, straight-through
+gradient to w), with a learnable per-group scale s = the clipping value (LSQ for uniform, APoT's
+alpha), its gradient scaled by 1/sqrt(group_len * top_level) as in LSQ. `convert_to_packed` writes
+the packed checkpoint with the learned scales, so its logits equal the fake-quant forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from whisper_kdq.quant.plan import Plan
+from whisper_kdq.quant.schemes import QuantSpec, _fp16_scale, _sorted_levels, choose_params
+
+__all__ = ["FakeQuantWeight", "prepare_qat", "qat_modules", "qat_params", "convert_to_packed"]
+
+
+def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Value ~x, gradient g * dx (LSQ's step-size gradient scale); only its gradient is used."""
+    return x * g
+
+
+class FakeQuantWeight(nn.Module):
+    """Parametrization: weight -> fake-quantized weight (STE), with a learnable per-group scale."""
+
+    def __init__(self, weight: torch.Tensor, spec: QuantSpec, clip: str = "mse", grad_scaling: bool = True) -> None:
+        super().__init__()
+        self.spec = spec
+        self.shape = tuple(weight.shape)
+        scale, offset = choose_params(weight, spec, clip)
+        self.scale = nn.Parameter(scale.clone())  # learned clipping: stored as is in the packed file
+        self.register_buffer("offset", None if offset is None else offset.clone())
+        values, _ = _sorted_levels(spec)
+        self.register_buffer("levels", values.clone(), persistent=False)
+        self.register_buffer("midpoints", (values[1:] + values[:-1]) / 2, persistent=False)
+        group_len = weight.numel() // scale.numel()
+        self.grad_factor = 1.0 / math.sqrt(group_len * float(values.abs().max())) if grad_scaling else 1.0
+
+    def _groups(self, w: torch.Tensor) -> torch.Tensor:
+        # Like schemes.to_groups, but differentiable and zero-padded (NaN would poison the gradients).
+        x = w.reshape(self.shape[0], -1)
+        if self.spec.granularity == "per-tensor":
+            return x.reshape(1, -1)
+        if self.spec.granularity == "per-channel":
+            return x
+        pad = (-x.shape[1]) % self.spec.group_size
+        return nn.functional.pad(x, (0, pad)).reshape(-1, self.spec.group_size)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        x = self._groups(w)
+        # Forward value: exactly the fp16 scale the file stores; gradient: LSQ-scaled, to self.scale.
+        g = _grad_scale(self.scale, self.grad_factor)
+        s = _fp16_scale(self.scale.detach()) + (g - g.detach())
+        offset = None if self.offset is None else self.offset.to(x.dtype)
+        y = (x if offset is None else x - offset[:, None]) / s[:, None]
+        y = torch.clamp(y, float(self.levels[0]), float(self.levels[-1]))  # clipped: grad goes to s only
+        nearest = self.levels[torch.bucketize(y.detach(), self.midpoints)]
+        y = nearest + (y - y.detach())  # straight-through rounding; the value is exactly the level
+        out = y * s[:, None]
+        if offset is not None:
+            out = out + offset[:, None]
+        rows = self.shape[0]
+        return out.reshape(rows, -1)[:, : w[0].numel()].reshape(self.shape)
+
+
+def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scaling: bool = True) -> nn.Module:
+    """Fake-quantize, in place, every weight `plan` quantizes; returns `model`. Tied weights (the token
+    embedding and `proj_out`) share one parametrization, so they stay one tensor."""
+    specs = plan.resolve(model.state_dict())
+    shared: dict[int, FakeQuantWeight] = {}
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or parametrize.is_parametrized(module, "weight"):
+            continue
+        key = id(weight)
+        spec = specs.get(f"{name}.weight")
+        if spec is None and key not in shared:
+            continue
+        if key not in shared:
+            shared[key] = FakeQuantWeight(weight.detach(), spec, clip or _clip(plan), grad_scaling).to(weight.device)
+        parametrize.register_parametrization(module, "weight", shared[key], unsafe=True)
+    return model
+
+
+def _clip(plan: Plan) -> str:
+    return "mse" if plan.clip == "output" else plan.clip
+
+
+def qat_modules(model: nn.Module) -> dict[str, FakeQuantWeight]:
+    """`{weight name: its FakeQuantWeight}` for every fake-quantized weight (tied copies not repeated)."""
+    out, seen = {}, set()
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            fq = module.parametrizations.weight[0]
+            if isinstance(fq, FakeQuantWeight) and id(fq) not in seen:
+                seen.add(id(fq))
+                out[f"{name}.weight"] = fq
+    return out
+
+
+def qat_params(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Learned `(scale, offset)` per weight name, as `save_packed(qparams=...)` takes them."""
+    return {name: (fq.scale.detach().cpu(), None if fq.offset is None else fq.offset.cpu())
+            for name, fq in qat_modules(model).items()}
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with the parametrizations removed: the latent float weights, in place."""
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    return clone
+
+
+def convert_to_packed(model: nn.Module, processor, plan: Plan, out: Path, *, force: bool = False) -> dict:
+    """Write the packed checkpoint of a `prepare_qat` model: codes of the latent float weights under
+    the learned scales, i.e. the fake-quant forward exactly. Returns `save_packed`'s summary."""
+    from whisper_kdq.quant.checkpoint import save_packed
+
+    params = qat_params(model)
+    names = dict(model.named_modules())
+    # Tied copies (proj_out) are absent from the plan's names; only the stored weight is quantized.
+    params = {n: p for n, p in params.items() if n.rsplit(".", 1)[0] in names}
+    return save_packed(out, float_copy(model).cpu(), processor, plan, force=force, qparams=params)
