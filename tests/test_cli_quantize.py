@@ -75,6 +75,28 @@ def test_ct2_export_of_packed_picks_int8_only_when_exact(tiny_model_dir, tmp_pat
         assert ctranslate2.models.Whisper(str(tmp_path / f"ct2-{bits}"), device="cpu").n_mels == 80
 
 
+def test_output_mse_clipping_with_calibration(tiny_model_dir, tmp_path, fixture_manifest):
+    out = tmp_path / "c.safetensors"
+    result = runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--out", str(out), "--bits", "4",
+                                 "--calibration", str(fixture_manifest), "--calibration-clips", "2", "--save-plan",
+                                 str(tmp_path / "plan.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "plan.json").read_text())["clip"] == "output"
+    assert load_model(str(out)).kind == "packed"
+
+
+@pytest.mark.integration
+def test_base_4bit_g128_file_is_close_to_its_information_content():
+    from whisper_kdq.quant.checkpoint import predict_packed
+    from whisper_kdq.quant.plan import plan_from_options
+
+    base = load_model("base")
+    for scheme in ("uniform", "apot"):
+        summary = predict_packed(base.model, plan_from_options(bits=4, scheme=scheme, group_size=128), base.processor)
+        # payload = codes + scales (+ offsets, tables) + float tensors; the rest is header + tokenizer.
+        assert summary["file_bytes"] <= 1.03 * summary["payload_bytes"], summary["file_bytes"] / summary["payload_bytes"]
+
+
 @pytest.mark.integration
 def test_real_whisper_base_at_8_bits_keeps_accuracy(tmp_path, fixture_manifest):
     from whisper_kdq.data.manifest import load_dataset
