@@ -10,7 +10,7 @@ import torch
 from whisper_kdq.errors import UserError
 from whisper_kdq.quant.schemes import QuantSpec
 from whisper_kdq.selection.choose import choose
-from whisper_kdq.selection.sensitivity import monotone_match
+from whisper_kdq.distill.matching import monotone_match
 from whisper_kdq.selection.units import Unit
 
 LOW, HIGH = QuantSpec("uniform", 3, "group", 128), QuantSpec("uniform", 4, "group", 128)

@@ -11,51 +11,26 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from whisper_kdq.data.manifest import Dataset
+from whisper_kdq.distill.data import Batch, make_batch
+from whisper_kdq.distill.matching import monotone_match
 from whisper_kdq.quant.plan import candidate_tensors
 from whisper_kdq.quant.schemes import QuantSpec, dequantize, quantize
 from whisper_kdq.selection.units import Unit
 
 
-@dataclass
-class CalibrationBatch:
-    features: torch.Tensor  # [B, mels, frames]
-    decoder_input_ids: torch.Tensor  # [B, T]: prompt + text tokens
-    mask: torch.Tensor  # [B, T] bool: positions whose next token is a reference token (not padding)
-
-
-def calibration_batches(dataset: Dataset, processor, batch_size: int = 8, device: str = "cpu") -> list[CalibrationBatch]:
-    """Log-mel features and teacher-forcing inputs (`<|sot|><|lang|><|transcribe|><|notimestamps|> text <|eot|>`)."""
-    tok = processor.tokenizer
-    eot = tok.convert_tokens_to_ids("<|endoftext|>")
-    batches = []
+def calibration_batches(dataset: Dataset, processor, batch_size: int = 8, device: str = "cpu") -> list[Batch]:
+    """Log-mel features and teacher-forcing inputs of the calibration clips (reference transcripts)."""
     utts = dataset.utterances
-    for start in range(0, len(utts), batch_size):
-        chunk = utts[start:start + batch_size]
-        feats = processor.feature_extractor([u.load() for u in chunk], sampling_rate=16000,
-                                            return_tensors="pt").input_features
-        seqs = []
-        for u in chunk:
-            prompt = ["<|startoftranscript|>", f"<|{u.language or 'en'}|>", "<|transcribe|>", "<|notimestamps|>"]
-            text = u.text.strip() if u.language in ("ja", "zh", "th", "lo", "my", "km") else " " + u.text.strip()
-            seqs.append(tok.convert_tokens_to_ids(prompt) + tok.encode(text, add_special_tokens=False) + [eot])
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), eot, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, 3:len(s) - 1] = True  # predictions of text tokens and of end-of-text
-        batches.append(CalibrationBatch(feats.to(device), ids.to(device), mask.to(device)))
-    return batches
+    return [make_batch(utts[i:i + batch_size], processor).to(device) for i in range(0, len(utts), batch_size)]
 
 
-def _log_probs(model, batch: CalibrationBatch, encoder_out=None) -> torch.Tensor:
+def _log_probs(model, batch: Batch, encoder_out=None) -> torch.Tensor:
     out = model(input_features=None if encoder_out is not None else batch.features,
                 encoder_outputs=(encoder_out,) if encoder_out is not None else None,
                 decoder_input_ids=batch.decoder_input_ids)
@@ -63,7 +38,7 @@ def _log_probs(model, batch: CalibrationBatch, encoder_out=None) -> torch.Tensor
 
 
 @torch.inference_mode()
-def quantization_losses(model, units: list[Unit], spec: QuantSpec, batches: list[CalibrationBatch],
+def quantization_losses(model, units: list[Unit], spec: QuantSpec, batches: list[Batch],
                         progress: Callable[[str], None] | None = None) -> None:
     """Fill `unit.quant_loss`: KL(float ‖ only-this-unit-quantized) per reference token, in nats."""
     model.eval()
@@ -94,31 +69,14 @@ def quantization_losses(model, units: list[Unit], spec: QuantSpec, batches: list
         unit.quant_loss = total / max(count, 1)
 
 
-def _hidden(model, batch: CalibrationBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _hidden(model, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     out = model(input_features=batch.features, decoder_input_ids=batch.decoder_input_ids, output_hidden_states=True)
     # hidden_states[k + 1] is block k's output (the last one after the final layer norm).
     return list(out.encoder_hidden_states[1:]), list(out.decoder_hidden_states[1:])
 
 
-def monotone_match(cost: torch.Tensor) -> list[int]:
-    """Non-decreasing map student block i -> teacher block j minimising the summed cost (exact DP)."""
-    n_s, n_t = cost.shape
-    best = cost[0].clone()
-    back = []
-    for i in range(1, n_s):
-        prefix, arg = torch.cummin(best, dim=0)  # best over teacher blocks <= j
-        back.append(arg)
-        best = prefix + cost[i]
-    j = int(best.argmin())
-    path = [j]
-    for arg in reversed(back):
-        j = int(arg[j])
-        path.append(j)
-    return path[::-1]
-
-
 @torch.inference_mode()
-def distillation_losses(student, teacher, units: list[Unit], batches: list[CalibrationBatch]) -> None:
+def distillation_losses(student, teacher, units: list[Unit], batches: list[Batch]) -> None:
     """Fill `unit.distill_loss` and `unit.teacher_layer` for the student's encoder and decoder blocks."""
     student.eval()
     teacher.eval()
