@@ -1,0 +1,129 @@
+"""Knowledge distillation of a Whisper teacher into a student, optionally quantization-aware.
+
+`run_distillation` is what `whisper-kdq distill` calls: build the student, prepare the run
+directory (or resume it), train, and save the final student as a model reference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from whisper_kdq.data.manifest import Dataset
+from whisper_kdq.distill.losses import LossWeights
+from whisper_kdq.distill.trainer import Hooks, TrainConfig, Trainer, write_json
+from whisper_kdq.models.refs import LoadedModel
+from whisper_kdq.models.students import Student, StudentSpec, make_student
+
+__all__ = ["LossWeights", "TrainConfig", "StudentSpec", "DistillRequest", "run_distillation", "describe"]
+
+
+@dataclass
+class DistillRequest:
+    teacher: str
+    student: StudentSpec
+    weights: LossWeights
+    train: TrainConfig
+    plan: dict | None = None  # quantization plan (quantization-aware training) as its JSON
+    pseudo_label: bool = False
+    pseudo_label_max_wer: float | None = 0.3
+    data: str = ""
+    eval_data: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"teacher": self.teacher, "student": self.student.as_dict(), "weights": asdict(self.weights),
+                **{k: v for k, v in asdict(self.train).items()}, "plan": self.plan, "pseudo_label": self.pseudo_label,
+                "pseudo_label_max_wer": self.pseudo_label_max_wer, "data": self.data, "eval_data": self.eval_data}
+
+
+def describe(student: Student, teacher: LoadedModel, request: DistillRequest) -> dict:
+    """What `--dry-run` prints: architecture, parameters, layer map and loss plan."""
+    cfg = student.loaded.model.config
+    trainable = sum(p.numel() for n, p in student.loaded.model.named_parameters()
+                    if not (student.frozen_encoder and n.startswith("model.encoder.")))
+    w = request.weights
+    return {
+        "teacher": {"ref": teacher.ref, "params": teacher.params, "encoder_layers": teacher.model.config.encoder_layers,
+                    "decoder_layers": teacher.model.config.decoder_layers, "d_model": teacher.model.config.d_model},
+        "student": {"params": student.loaded.params, "trainable_params": trainable, "d_model": cfg.d_model,
+                    "encoder_layers": cfg.encoder_layers, "decoder_layers": cfg.decoder_layers,
+                    "heads": cfg.encoder_attention_heads, "ffn": cfg.encoder_ffn_dim},
+        "layer_map": student.layer_map(),
+        "losses": {"ce": w.ce, "logits_kd": w.kd, "temperature": w.temperature, "hidden_kd": w.hidden,
+                   "matching": w.matching if w.hidden else None,
+                   "hidden_layers": "decoder blocks" + ("" if student.frozen_encoder else " (encoder trains, not distilled)"),
+                   "labels": "teacher pseudo-labels" if request.pseudo_label else "reference transcripts"},
+        "quantization_aware": request.plan is not None,
+        "training": {"steps": request.train.steps, "batch_size": request.train.batch_size,
+                     "grad_accum": request.train.grad_accum, "lr": request.train.lr},
+    }
+
+
+def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | None, out: Path, *, force: bool = False,
+                     teacher: LoadedModel | None = None, on_step: Callable[[dict], None] | None = None,
+                     on_status: Callable[[str], None] | None = None) -> dict:
+    from whisper_kdq.distill import checkpointing as ckpt
+    from whisper_kdq.models.refs import load_model
+
+    status = on_status or (lambda _: None)
+    out = Path(out)
+    resuming = ckpt.check_run_dir(out, request.as_dict(), force)
+    status(f"loading teacher {request.teacher}")
+    teacher = teacher or load_model(request.teacher, device=request.train.device)
+    student = make_student(teacher, request.student, device=request.train.device)
+    write_json(out / "layer_map.json", student.layer_map())
+    hooks = Hooks()
+    plan = None
+    if request.plan is not None:
+        from whisper_kdq.quant.fake import prepare_qat
+        from whisper_kdq.quant.plan import plan_from_dict
+
+        plan = plan_from_dict(request.plan, "plan")
+        hooks.prepare_model = lambda model: prepare_qat(model, plan)
+        hooks.distill_layers = (request.plan.get("selection") or {}).get("distill_layers")
+    if request.pseudo_label:
+        from whisper_kdq.distill.data import pseudo_labels
+
+        labels_file = out / "pseudo_labels.json"
+        if labels_file.is_file():
+            saved = json.loads(labels_file.read_text(encoding="utf-8"))
+            texts, dropped = saved["texts"], saved["dropped"]
+        else:
+            status("teacher pseudo-labels")
+            texts, dropped = pseudo_labels(teacher, train.utterances, max_wer=request.pseudo_label_max_wer,
+                                           batch_size=request.train.batch_size, device=request.train.device)
+            write_json(labels_file, {"texts": texts, "dropped": dropped})
+        train = Dataset([u for u in train.utterances if u.id in texts])
+        hooks.texts = texts
+    trainer = Trainer(out, student, teacher, train, dev, request.weights, request.train, hooks)
+    if resuming:
+        last = ckpt.latest_checkpoint(out)
+        status(f"resuming from {last.name}")
+        trainer.restore(last)
+    summary = trainer.fit(on_step)
+    model = trainer.best_model()
+    if trainer.acc.is_main_process:
+        summary.update(_save_final(model, student, plan, out))
+        summary["layer_map"] = student.layer_map()
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def _save_final(model, student: Student, plan, out: Path) -> dict:
+    from whisper_kdq.export import save_transformers_dir
+    from whisper_kdq.fileio import atomic_dir
+
+    processor = student.loaded.processor
+    if plan is not None:
+        from whisper_kdq.quant.fake import convert_to_packed
+
+        target = out / "model.safetensors"
+        packed = convert_to_packed(model, processor, plan, target, force=True)
+        return {"model": str(target), "model_bytes": packed["file_bytes"]}
+    target = out / "model"
+    loaded = LoadedModel(model, processor, "student", "transformers", None, 0)
+    with atomic_dir(target, force=True) as tmp:
+        save_transformers_dir(loaded, tmp)
+    return {"model": str(target), "model_bytes": sum(f.stat().st_size for f in target.glob("*.safetensors"))}

@@ -1,0 +1,117 @@
+"""`whisper-kdq distill`: train a student from a teacher (optionally quantization-aware), resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from whisper_kdq.cli import app
+from whisper_kdq.cli.common import console, print_json, resolve_device, user_errors
+
+
+@app.command()
+@user_errors
+def distill(
+    teacher: str = typer.Option("base", help="Teacher model reference."),
+    data: Path = typer.Option(..., "--data", "-d", help="Training manifest."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (re-running it resumes)."),
+    student: Optional[str] = typer.Option(None, help="A pretrained smaller Whisper (same vocabulary), e.g. tiny."),
+    student_encoder_layers: Optional[int] = typer.Option(None, help="Cut: this many teacher encoder layers, spaced."),
+    student_decoder_layers: Optional[int] = typer.Option(None, help="Cut: this many teacher decoder layers, spaced."),
+    student_encoder_map: Optional[str] = typer.Option(None, help="Cut: explicit teacher encoder layers, e.g. 0,2,5."),
+    student_decoder_map: Optional[str] = typer.Option(None, help="Cut: explicit teacher decoder layers, e.g. 0,5."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Copy the whole encoder and train only the decoder (its output is cached)."),
+    eval_data: Optional[Path] = typer.Option(None, help="Dev manifest for periodic evaluation and best-checkpoint choice."),
+    split: Optional[str] = typer.Option(None, help="Use only this split of --data (e.g. train)."),
+    eval_split: Optional[str] = typer.Option(None, help="Use only this split of --eval-data (e.g. dev)."),
+    limit: Optional[int] = typer.Option(None, help="Use the first N training utterances."),
+    eval_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N dev utterances."),
+    ce_weight: float = typer.Option(1.0, "--ce", help="Weight of cross-entropy on the transcripts."),
+    kd_weight: float = typer.Option(1.0, "--kd", help="Weight of logits distillation (0 = plain fine-tuning)."),
+    hidden_weight: float = typer.Option(0.0, "--hidden", help="Weight of hidden-state distillation."),
+    temperature: float = typer.Option(2.0, help="Distillation temperature (KL is scaled by T^2)."),
+    matching: str = typer.Option("restrained-dynamic", help="Layer matching: static, dynamic, restrained-dynamic."),
+    pseudo_label: bool = typer.Option(False, "--pseudo-label", help="Train on the teacher's transcripts."),
+    pseudo_label_max_wer: float = typer.Option(0.3, help="Drop pseudo-labels further than this from the reference (WER, CER for ja/zh)."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="Quantization plan: train quantization-aware, save a packed checkpoint."),
+    steps: int = typer.Option(300, help="Optimizer steps."),
+    batch_size: int = typer.Option(8, help="Utterances per step and process."),
+    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    lr: float = typer.Option(1e-4),
+    warmup: int = typer.Option(20, help="Linear warm-up steps, then linear decay."),
+    max_grad_norm: float = typer.Option(1.0),
+    seed: int = typer.Option(0),
+    save_every: int = typer.Option(50, help="Checkpoint every N steps."),
+    keep: int = typer.Option(2, help="Checkpoints kept."),
+    eval_every: int = typer.Option(0, help="Evaluate on dev every N steps (0: at the end only)."),
+    top_k: int = typer.Option(64, help="Teacher log-probs cached per position."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the student, layer map and loss plan; train nothing."),
+    force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a different run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Distil TEACHER into a smaller student on DATA; re-run the same command to resume."""
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.distill import DistillRequest, LossWeights, StudentSpec, TrainConfig, describe, run_distillation
+    from whisper_kdq.errors import UserError
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.models.students import make_student, parse_map
+
+    dev_name = resolve_device(device)
+    weights = LossWeights(ce_weight, kd_weight, hidden_weight, temperature, matching)
+    weights.validate()
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
+                      max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep, eval_every=eval_every,
+                      eval_limit=eval_limit, device=dev_name, top_k=top_k, progress=not as_json)
+    plan_dict = None
+    if plan is not None:
+        from whisper_kdq.quant.plan import load_plan
+
+        load_plan(plan)  # validates, naming the field
+        plan_dict = json.loads(plan.read_text(encoding="utf-8"))
+    with console.status(f"loading teacher {teacher}"):
+        t = load_model(teacher, device=dev_name)
+    spec = StudentSpec(student, student_encoder_layers, student_decoder_layers,
+                       parse_map(student_encoder_map, t.model.config.encoder_layers, "encoder"),
+                       parse_map(student_decoder_map, t.model.config.decoder_layers, "decoder"), freeze_encoder)
+    request = DistillRequest(teacher, spec, weights, cfg, plan_dict, pseudo_label, pseudo_label_max_wer,
+                             str(data), None if eval_data is None else str(eval_data))
+    if dry_run:
+        info = describe(make_student(t, spec, dev_name), t, request)
+        if as_json:
+            print_json(info)
+        else:
+            console.print_json(json.dumps(info))
+        return
+    train = load_dataset(data, split=split, limit=limit)
+    dev = load_dataset(eval_data, split=eval_split, limit=eval_limit) if eval_data else None
+    if not len(train):
+        raise UserError(f"{data}: no training utterances" + (f" in split {split!r}" if split else ""))
+    summary = _train_with_progress(request, train, dev, out, force, t, as_json)
+    if as_json:
+        print_json(summary)
+    else:
+        dev_line = "" if not summary.get("dev") else f"; dev error {summary['dev']['dev_error']:.4f}"
+        console.print(f"trained {summary['steps']} steps in {summary['wall_s']:.0f} s "
+                      f"({summary['samples_per_s']:.2f} samples/s){dev_line}; student saved to {summary.get('model')}")
+
+
+def _train_with_progress(request, train, dev, out, force, teacher, quiet: bool) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from whisper_kdq.distill import run_distillation
+
+    columns = [TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=quiet) as bar:
+        task = bar.add_task("train", total=request.train.steps, info="")
+
+        def on_step(record: dict) -> None:
+            info = f"loss {record['loss']:.3f} lr {record['lr']:.1e} {record['samples_per_s']:.1f} samples/s"
+            bar.update(task, completed=record["step"], info=info)
+
+        return run_distillation(request, train, dev, out, force=force, teacher=teacher, on_step=on_step,
+                                on_status=lambda s: bar.update(task, info=s))

@@ -1,0 +1,83 @@
+"""Distillation losses, each a mean over reference tokens so that weights mean the same at any batch size.
+
+- `cross_entropy`: the student against the (reference or pseudo-label) transcript;
+- `logit_kd`: KL(teacher ‖ student) at temperature T, times T², on the teacher's top-k tokens
+  (the cache keeps k log-probs per position; the teacher's mass outside them is dropped and the
+  rest renormalised — with k = 64 that mass is negligible for a confident teacher);
+- `hidden_kd`: normalised MSE between student block outputs and their matched teacher blocks,
+  matched per batch by `distill.matching` (static, dynamic, restrained-dynamic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from whisper_kdq.distill.matching import STRATEGIES, match
+
+
+@dataclass
+class LossWeights:
+    ce: float = 1.0
+    kd: float = 1.0  # logits KL
+    hidden: float = 0.0  # hidden-state distillation (decoder blocks; encoder blocks when it trains)
+    temperature: float = 2.0
+    matching: str = "restrained-dynamic"
+
+    def validate(self) -> None:
+        from whisper_kdq.errors import UserError
+
+        if self.matching not in STRATEGIES:
+            raise UserError(f"unknown matching strategy {self.matching!r}: use one of {', '.join(STRATEGIES)}")
+        if self.temperature <= 0 or min(self.ce, self.kd, self.hidden) < 0:
+            raise UserError("loss weights must be >= 0 and the temperature > 0")
+        if self.ce == self.kd == self.hidden == 0:
+            raise UserError("all loss weights are zero: nothing to train on")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.kd > 0 or self.hidden > 0
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def logit_kd(logits: torch.Tensor, topk_ids: torch.Tensor, topk_raw: torch.Tensor, mask: torch.Tensor,
+             temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)) on the teacher's top-k support, mean over masked positions."""
+    t = temperature
+    log_q = F.log_softmax(logits.float() / t, dim=-1).gather(-1, topk_ids)  # student, full-vocab normalised
+    log_p = F.log_softmax(topk_raw.float() / t, dim=-1)  # teacher, renormalised on its top-k
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return t * t * kl[mask].mean()
+
+
+def layer_costs(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    """D[i, j] = ‖h_s,i − h_t,j‖² / ‖h_t,j‖² over (masked) positions: scale-free across layers."""
+    costs = []
+    w = None if mask is None else mask.unsqueeze(-1).to(student[0].dtype)
+    for hs in student:
+        row = []
+        for ht in teacher:
+            err, ref = (hs - ht) ** 2, ht ** 2
+            if w is not None:
+                err, ref = err * w, ref * w
+            row.append(err.sum() / ref.sum().clamp_min(1e-12))
+        costs.append(torch.stack(row))
+    return torch.stack(costs)
+
+
+def hidden_kd(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None,
+              strategy: str, fixed: list[int] | None = None, only: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Mean over the distilled student blocks of their matched cost; returns (loss, map).
+
+    `only` restricts the loss to some student blocks (the guided selection's choice)."""
+    cost = layer_costs(student, teacher, mask)
+    chosen = match(cost, strategy, fixed)
+    rows = only if only is not None else range(len(student))
+    terms = [cost[i, chosen[i]] for i in rows]
+    loss = torch.stack(terms).mean() if terms else cost.sum() * 0
+    return loss, chosen
