@@ -48,6 +48,7 @@ def distill(
     keep: int = typer.Option(2, help="Checkpoints kept."),
     eval_every: int = typer.Option(0, help="Evaluate on dev every N steps (0: at the end only)."),
     top_k: int = typer.Option(64, help="Teacher log-probs cached per position."),
+    teacher_cache: Optional[Path] = typer.Option(None, help="File keeping the teacher's outputs for later runs on the same data."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the student, layer map and loss plan; train nothing."),
     force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a different run."),
@@ -65,7 +66,8 @@ def distill(
     weights.validate()
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
                       max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep, eval_every=eval_every,
-                      eval_limit=eval_limit, device=dev_name, top_k=top_k, progress=not as_json)
+                      eval_limit=eval_limit, device=dev_name, top_k=top_k, progress=not as_json,
+                      teacher_cache=None if teacher_cache is None else str(teacher_cache))
     plan_dict = None
     if plan is not None:
         from whisper_kdq.quant.plan import load_plan

@@ -23,7 +23,7 @@ from whisper_kdq.errors import UserError
 from whisper_kdq.fileio import atomic_dir, write_text_atomic
 
 # Fields of run.json that may differ between the first run and a resume (they do not change the result).
-RESUMABLE_DIFFERENCES = {"steps", "save_every", "keep", "eval_every", "progress", "device"}
+RESUMABLE_DIFFERENCES = {"steps", "save_every", "keep", "eval_every", "progress", "device", "teacher_cache"}
 
 
 def check_run_dir(run_dir: Path, request: dict, force: bool) -> bool:

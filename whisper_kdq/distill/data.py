@@ -102,8 +102,31 @@ class TeacherCache:
         self.encoder_out: dict[str, torch.Tensor] = {}
         self.teacher_s = 0.0  # seconds spent on teacher / frozen-encoder work
 
+    def save(self, path) -> None:
+        """Keep the teacher's work for the next run on the same data (same teacher, same k)."""
+        from whisper_kdq.fileio import atomic_file
+
+        with atomic_file(path) as tmp:
+            torch.save({"top_k": self.top_k, "hidden": self.keep_hidden, "outputs": self.outputs,
+                        "encoder_out": self.encoder_out if self.share_encoder else {}}, tmp)
+
+    def load(self, path) -> int:
+        """Reuse a saved cache when it fits this run; returns how many utterances it covered."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError):
+            return 0
+        if saved["top_k"] != self.top_k or (self.keep_hidden and not saved["hidden"]):
+            return 0
+        self.outputs.update(saved["outputs"])
+        if self.share_encoder:
+            self.encoder_out.update(saved["encoder_out"])
+        return len(saved["outputs"])
+
     def __contains__(self, uid: str) -> bool:
-        return uid in self.outputs or (self.teacher is None and uid in self.encoder_out)
+        teacher_ok = self.teacher is None or uid in self.outputs
+        encoder_ok = self.student_encoder is None or uid in self.encoder_out
+        return teacher_ok and encoder_ok
 
     @torch.inference_mode()
     def fill(self, batch: Batch, device: str) -> None:
@@ -112,7 +135,7 @@ class TeacherCache:
         start = time.perf_counter()
         feats = batch.features.to(device)
         t_enc = None
-        if self.teacher is not None:
+        if self.teacher is not None and (batch.ids[0] not in self.outputs or self.share_encoder):
             t_enc = self.teacher.get_encoder()(feats).last_hidden_state
             out = self.teacher(encoder_outputs=(t_enc,), decoder_input_ids=batch.decoder_input_ids.to(device),
                                output_hidden_states=self.keep_hidden)

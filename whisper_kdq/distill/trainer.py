@@ -43,6 +43,7 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA
     top_k: int = 64
     progress: bool = True
+    teacher_cache: str | None = None  # file to reuse the teacher's outputs across runs on the same data
 
 
 @dataclass
@@ -107,6 +108,8 @@ class Trainer:
         self.cache = TeacherCache(t_model, cfg.top_k, keep_hidden=weights.hidden > 0,
                                   student_encoder=self.raw.model.encoder if student.frozen_encoder else None,
                                   share_encoder=share)
+        self.cache_file = Path(cfg.teacher_cache) if cfg.teacher_cache and t_model is not None else None
+        self.cached_at_start = self.cache.load(self.cache_file) if self.cache_file and self.cache_file.is_file() else 0
         self.log = ckpt.MetricsLog(run_dir / "metrics.jsonl", enabled=self.acc.is_main_process)
         self.step = 0
         self.best = (math.inf, None)
@@ -221,13 +224,20 @@ class Trainer:
                 on_step(record)
             if self.step % self.cfg.save_every == 0 and self.acc.is_main_process:
                 ckpt.save_checkpoint(self.run_dir, self.step, self.state(), self.cfg.keep)
+                self._save_cache()
             self.acc.wait_for_everyone()
+        self._save_cache()
         final = self._eval_and_keep_best()
         if final is not None:
             self.log.write({"step": self.step, "dev": final})
         return {"steps": self.step, "samples_per_s": samples / max(time.perf_counter() - started, 1e-9),
                 "wall_s": time.perf_counter() - started, "teacher_s": self.cache.teacher_s, "dev": final,
-                "best_dev_error": self.best[0]}
+                "best_dev_error": None if math.isinf(self.best[0]) else self.best[0]}
+
+    def _save_cache(self) -> None:
+        if self.cache_file is not None and self.acc.is_main_process and len(self.cache.outputs) > self.cached_at_start:
+            self.cache.save(self.cache_file)
+            self.cached_at_start = len(self.cache.outputs)
 
     def _eval_and_keep_best(self) -> dict | None:
         result = self.evaluate()
