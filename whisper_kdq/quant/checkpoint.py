@@ -12,6 +12,7 @@ import json
 import lzma
 import struct
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -126,10 +127,17 @@ def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Ent
     }
 
 
+_BLOBS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _tokenizer_blob(processor) -> bytes:
-    with tempfile.TemporaryDirectory() as d:
-        processor.tokenizer.save_pretrained(d)
-        return lzma.compress((Path(d) / "tokenizer.json").read_bytes(), preset=9)
+    # xz at preset 9 takes seconds; a dry run and the write that follows share one result.
+    tokenizer = processor.tokenizer
+    if tokenizer not in _BLOBS:
+        with tempfile.TemporaryDirectory() as d:
+            tokenizer.save_pretrained(d)
+            _BLOBS[tokenizer] = lzma.compress((Path(d) / "tokenizer.json").read_bytes(), preset=9)
+    return _BLOBS[tokenizer]
 
 
 def predict_packed(model: torch.nn.Module, plan: Plan, processor=None) -> dict:
