@@ -135,7 +135,7 @@ class TeacherCache:
         start = time.perf_counter()
         feats = batch.features.to(device)
         t_enc = None
-        if self.teacher is not None and (batch.ids[0] not in self.outputs or self.share_encoder):
+        if self.teacher is not None and (any(u not in self.outputs for u in batch.ids) or self.share_encoder):
             t_enc = self.teacher.get_encoder()(feats).last_hidden_state
             out = self.teacher(encoder_outputs=(t_enc,), decoder_input_ids=batch.decoder_input_ids.to(device),
                                output_hidden_states=self.keep_hidden)

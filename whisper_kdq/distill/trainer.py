@@ -160,16 +160,26 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         sums: dict[str, float] = {}
         for micro in range(self.cfg.grad_accum):
-            terms = self._loss(self._batch(self.step * self.cfg.grad_accum + micro))
-            self.acc.backward(terms["loss"] / self.cfg.grad_accum)
+            batch = self._batch(self.step * self.cfg.grad_accum + micro)
+            terms = self._loss(batch)
+            self.acc.backward(terms["loss"] * self._token_share(batch) / self.cfg.grad_accum)
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / self.cfg.grad_accum
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / self.cfg.grad_accum
         params = [p for g in self.opt.param_groups for p in g["params"]]
         sums["grad_norm"] = float(self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return sums
+
+    def _token_share(self, batch: Batch) -> float:
+        """Losses are means over this process's tokens; DDP averages processes. Weighting each by its
+        share of the global batch's tokens makes the result the mean over all tokens, as one process has it."""
+        if self.acc.num_processes == 1:
+            return 1.0
+        local = torch.tensor(float(batch.mask.sum()), device=self.device)
+        total = self.acc.reduce(local.clone(), reduction="sum")
+        return float(local * self.acc.num_processes / total)
 
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict:

@@ -1,0 +1,104 @@
+"""`whisper-kdq distill`: dry run, exact resume after SIGKILL, two-process data parallelism, real whisper-base."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from whisper_kdq.cli import app
+
+runner = CliRunner()
+
+
+def _args(teacher, manifest, out, *extra):
+    return ["distill", "--teacher", str(teacher), "--data", str(manifest), "--out", str(out), "--device", "cpu",
+            "--student-decoder-layers", "1", "--batch-size", "2", "--hidden", "1", "--lr", "1e-3", "--warmup", "2", *extra]
+
+
+def _losses(run):
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model_dir, fixture_manifest, tmp_path):
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "run"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["layer_map"]["decoder"] == [1] and info["student"]["decoder_layers"] == 1
+    assert info["losses"]["matching"] == "restrained-dynamic" and info["student"]["params"] < info["teacher"]["params"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_options_are_one_line_errors(tiny_model_dir, fixture_manifest, tmp_path):
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "r"), "--student-decoder-map", "0,7"])
+    assert result.exit_code == 2 and "layers 0-1" in result.output
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "r"), "--matching", "magic"])
+    assert result.exit_code == 2 and "unknown matching strategy" in result.output
+
+
+def test_sigkill_and_resume_reach_the_same_loss(tiny_model_dir, fixture_manifest, tmp_path):
+    steps = ["--steps", "14", "--save-every", "3"]
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, whole), *steps]).exit_code == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "whisper_kdq", *_args(tiny_model_dir, fixture_manifest, killed), *steps]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").is_file() and max(_losses(killed) or [0]) >= 8:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model").exists(), "the run finished before it could be killed"
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, killed), *steps, "--json"])
+    assert result.exit_code == 0, result.output
+    a, b = _losses(whole), _losses(killed)
+    assert sorted(b) == list(range(1, 15))
+    assert abs(a[14] - b[14]) < 1e-4 * max(1.0, abs(a[14]))
+    assert json.loads((killed / "layer_map.json").read_text())["decoder"] == [1]
+    # A different run in the same directory is refused.
+    other = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, killed), *steps, "--lr", "5e-4"])
+    assert other.exit_code == 2 and "different run" in other.output
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, fixture_manifest, tmp_path):
+    common = ["--steps", "3", "--hidden", "0", "--lr", "1e-3"]
+    single = tmp_path / "single"
+    args = _args(tiny_model_dir, fixture_manifest, single, *common)
+    args[args.index("--batch-size") + 1] = "4"
+    assert runner.invoke(app, args).exit_code == 0
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "whisper_kdq", *_args(tiny_model_dir, fixture_manifest, ddp, *common)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a = load_file(single / "model" / "model.safetensors")
+    b = load_file(ddp / "model" / "model.safetensors")
+    start = load_file(tiny_model_dir / "model.safetensors")
+    moved = max((a[k] - start[k]).abs().max().item() for k in a if k in start and "decoder.layers" not in k)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved > 1e-4 and diff < 0.05 * moved, (moved, diff)
+
+
+@pytest.mark.integration
+def test_distill_whisper_base_student(fixture_manifest, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["distill", "--teacher", "base", "--data", str(fixture_manifest), "--out", str(run),
+                                 "--freeze-encoder", "--student-decoder-layers", "2", "--steps", "4", "--batch-size", "3",
+                                 "--lr", "5e-4", "--warmup", "1", "--hidden", "1", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    losses = _losses(run)
+    assert losses[4] < losses[1]
+    ev = runner.invoke(app, ["evaluate", "--model", str(run / "model"), "--data", str(fixture_manifest), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["models"][0]["params"] < 60_000_000
