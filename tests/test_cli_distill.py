@@ -102,3 +102,21 @@ def test_distill_whisper_base_student(fixture_manifest, tmp_path):
     ev = runner.invoke(app, ["evaluate", "--model", str(run / "model"), "--data", str(fixture_manifest), "--json"])
     assert ev.exit_code == 0, ev.output
     assert json.loads(ev.stdout)["models"][0]["params"] < 60_000_000
+
+
+def test_quantization_aware_distillation_writes_a_packed_student(tiny_model_dir, fixture_manifest, tmp_path):
+    from whisper_kdq.models.refs import load_model
+
+    plan = tmp_path / "plan.json"
+    result = runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
+                                 "--teacher", str(tiny_model_dir), "--low-fraction", "0.5", "--out", str(plan), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "qat"
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, run), "--steps", "3", "--plan", str(plan), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model"].endswith("model.safetensors")
+    packed = load_model(summary["model"])
+    bits = {spec["bits"] for spec in packed.info["tensors"].values()}
+    assert packed.kind == "packed" and bits == {3, 4}
+    assert packed.model.config.decoder_layers == 1
