@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 app = typer.Typer(
@@ -21,15 +19,8 @@ def _root() -> None:
     """Make Whisper small and fast: guided distillation jointly with quantization."""
 
 
-# Each module registers its command on `app` when imported. A module that is not written yet is
-# simply absent from the list.
-_COMMANDS = ["evaluate", "quantize", "export", "distill", "select_layers"]
-for _name in _COMMANDS:
-    try:
-        importlib.import_module(f"whisper_kdq.cli.{_name}")
-    except ModuleNotFoundError as exc:  # only the command module itself may be missing
-        if exc.name != f"whisper_kdq.cli.{_name}":
-            raise
+# Each module registers its command on `app` when imported.
+from whisper_kdq.cli import distill, evaluate, export, quantize, select_layers  # noqa: E402,F401
 
 
 def main() -> None:
