@@ -36,8 +36,8 @@ def test_hf_export_loads_offline_with_transformers(tiny_model_dir, tmp_path):
 
 
 def test_ct2_export_runs_in_ctranslate2_and_faster_whisper(tiny_model_dir, tmp_path, fixture_manifest):
-    ctranslate2 = pytest.importorskip("ctranslate2")
-    faster_whisper = pytest.importorskip("faster_whisper")
+    import ctranslate2
+    import faster_whisper
     loaded = load_model(str(tiny_model_dir))
     result = export_model(loaded, "ct2", tmp_path / "ct2")
     assert result.precision == "float16" and "not quantized" in result.reason
