@@ -1,0 +1,198 @@
+"""The whole compress-and-compare pipeline on the synthesized corpus: teacher whisper-base fp32 against
+post-training quantization, distilled students, joint distillation + quantization-aware training,
+and guided vs random vs all-layers selection at the same size.
+
+    python benchmarks/pipeline.py [--corpus corpus] [--out runs/pipeline] [--steps 40] [--ja 150 --en 90]
+                                  [--rows NAME,...] [--quick] [--device auto]
+
+Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in results.json as soon as
+it is done: re-running skips finished rows and resumes unfinished training runs. Writes
+results.json (with machine, date, commit), results.md and pareto.png in --out. On 2 CPU cores the
+default settings (240 training utterances, 40 steps per student, 150 test clips) take about 1.5 h;
+on a GPU raise --steps, --ja/--en and --batch-size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from distillation import subset  # noqa: E402
+
+FP32_TEACHER_BYTES = 4 * 72_593_920  # whisper-base parameters, fp32
+
+
+class Pipeline:
+    def __init__(self, args) -> None:
+        self.a = args
+        self.out: Path = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results_file = self.out / "results.json"
+        self.results = json.loads(self.results_file.read_text())["rows"] if self.results_file.is_file() else {}
+        self.manifest = args.corpus / "manifest.jsonl"
+        self.train = subset(args.corpus, args.ja, args.en, seed=0)
+
+    # ------------------------------------------------------------------ running the CLI
+    def cli(self, *args: str) -> dict:
+        cmd = [sys.executable, "-m", "whisper_kdq", *args, "--json"]
+        print("$ whisper-kdq " + " ".join(args), flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout)
+
+    def evaluate(self, model: str, engine: str = "transformers") -> dict:
+        args = ["evaluate", "--model", model, "--data", str(self.manifest), "--split", "test", "--device", self.a.device,
+                "--engine", engine]
+        if self.a.test_limit:
+            args += ["--limit", str(self.a.test_limit)]
+        m = self.cli(*args)["models"][0]
+        return {"model": model, "size_bytes": m["size_bytes"], "params": m["params"], "cer_ja": m["languages"]["ja"]["cer"],
+                "wer_en": m["languages"]["en"]["wer"], f"rtf_{engine}": m["rtf"]}
+
+    def quantize(self, model: str, name: str, *flags: str) -> str:
+        target = self.out / f"{name}.safetensors"
+        if not target.is_file():
+            self.cli("quantize", "--model", model, "--out", str(target), *flags)
+        return str(target)
+
+    def distill(self, name: str, *flags: str) -> tuple[str, float]:
+        a = self.a
+        summary = self.cli("distill", "--teacher", "base", "--data", str(self.train), "--out", str(self.out / name),
+                           "--freeze-encoder", "--student-decoder-layers", str(a.decoder_layers), "--steps", str(a.steps),
+                           "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--warmup", str(max(1, a.steps // 4)),
+                           "--save-every", str(max(1, a.steps // 2)), "--device", a.device,
+                           "--teacher-cache", str(self.out / "teacher-cache.pt"), *flags)
+        return summary["model"], summary["wall_s"]
+
+    def plan(self, name: str, *flags: str) -> str:
+        target = self.out / f"plan-{name}.json"
+        if not target.is_file():
+            self.cli("select-layers", "--model", self.student_float(), "--teacher", "base", "--calibration",
+                     str(self.manifest), "--split", "dev", "--limit", "8", "--out", str(target), "--device", self.a.device,
+                     *flags)
+        return str(target)
+
+    def student_float(self) -> str:
+        return str(self.out / "student-kd" / "model")
+
+    # ------------------------------------------------------------------ rows
+    def rows(self) -> dict:
+        size = ["--target-ratio", str(self.a.target_ratio), "--ratio-of", "base", "--low-bits", "3", "--high-bits", "4"]
+        return {
+            "teacher fp32": lambda: (self.evaluate("base"), 0.0),
+            "teacher RTN 8-bit": lambda: (self.evaluate(self.quantize("base", "teacher-u8", "--bits", "8")), 0.0),
+            "teacher RTN 6-bit g128, embedding 5-bit": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-u6", "--bits", "6", "--embedding-bits", "5")), 0.0),
+            "teacher RTN 4-bit g128": lambda: (self.evaluate(self.quantize("base", "teacher-u4g128", "--bits", "4")), 0.0),
+            "teacher RTN 4-bit g32 (q4_0 size)": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-u4g32", "--bits", "4", "--group-size", "32")), 0.0),
+            "teacher RTN 4-bit per-channel": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-u4c", "--bits", "4", "--group-size", "channel")), 0.0),
+            "teacher APoT 4-bit g128": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-a4g128", "--bits", "4", "--scheme", "apot")), 0.0),
+            "student CE only": lambda: self._trained("student-ce", "--kd", "0"),
+            "student KD": lambda: self._trained("student-kd", "--kd", "1", "--hidden", "1"),
+            "student KD + PTQ 4-bit g128": lambda: (self.evaluate(self.quantize(
+                self.student_float(), "student-kd-u4", "--bits", "4")), 0.0),
+            "student KD+QAT uniform 4-bit": lambda: self._trained(
+                "student-qat-u4", "--kd", "1", "--hidden", "1", "--plan", self._uniform_plan("uniform", 4)),
+            "student KD+QAT APoT 4-bit": lambda: self._trained(
+                "student-qat-a4", "--kd", "1", "--hidden", "1", "--plan", self._uniform_plan("apot", 4)),
+            "guided selection 3/4-bit KD+QAT": lambda: self._trained(
+                "student-guided", "--kd", "1", "--hidden", "1", "--plan", self.plan("guided", *size)),
+            "random selection 3/4-bit KD+QAT": lambda: self._trained(
+                "student-random", "--kd", "1", "--hidden", "1", "--plan", self.plan("random", "--strategy", "random", *size)),
+            "all layers 3-bit KD+QAT": lambda: self._trained(
+                "student-all3", "--kd", "1", "--hidden", "1", "--plan", self.plan(
+                    "all", "--strategy", "all", "--low-bits", "3", "--high-bits", "4")),
+            "CTranslate2 export of the best compressed model": self._ct2_best,
+        }
+
+    def _trained(self, name: str, *flags: str) -> tuple[dict, float]:
+        model, wall = self.distill(name, *flags)
+        return self.evaluate(model), wall
+
+    def _uniform_plan(self, scheme: str, bits: int) -> str:
+        target = self.out / f"plan-{scheme}{bits}.json"
+        if not target.is_file():
+            self.cli("quantize", "--model", "base", "--bits", str(bits), "--scheme", scheme, "--dry-run",
+                     "--save-plan", str(target))
+        return str(target)
+
+    def _ct2_best(self) -> tuple[dict, float]:
+        teacher = self.results["teacher fp32"]
+        compressed = {k: r for k, r in self.results.items() if r.get("model", "").endswith(".safetensors")
+                      and r["ratio"] >= 5.0}
+        best = min(compressed, key=lambda k: compressed[k]["cer_ja"] / teacher["cer_ja"] + compressed[k]["wer_en"] / teacher["wer_en"])
+        target = self.out / "best-ct2"
+        if not target.is_dir():
+            self.cli("export", "--model", self.results[best]["model"], "--format", "ct2", "--out", str(target))
+        row = self.evaluate(str(target), engine="ctranslate2")
+        row["source_row"] = best
+        return row, 0.0
+
+    # ------------------------------------------------------------------ bookkeeping
+    def run(self, names: list[str]) -> None:
+        rows = self.rows()
+        for name in names:
+            if name in self.results:
+                continue
+            started = time.time()
+            row, train_s = rows[name]()
+            row.update(train_wall_s=train_s, total_s=time.time() - started)
+            row["ratio"] = FP32_TEACHER_BYTES / row["size_bytes"]
+            row["bits_per_weight"] = 8 * row["size_bytes"] / row["params"]
+            self.results[name] = row
+            self.save()
+            print(f"{name}: CER ja {100 * row['cer_ja']:.2f}  WER en {100 * row['wer_en']:.2f}  "
+                  f"{row['size_bytes'] / 1e6:.1f} MB ({row['ratio']:.2f}x)", flush=True)
+
+    def save(self) -> None:
+        from report import write_report
+
+        meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+                "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/pipeline.py " + " ".join(sys.argv[1:]),
+                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                         text=True).stdout.strip(),
+                "settings": {k: str(v) for k, v in vars(self.a).items()}}
+        self.results_file.write_text(json.dumps({"meta": meta, "rows": self.results}, indent=2))
+        write_report(self.out, meta, self.results)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, default=ROOT / "corpus")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "pipeline")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--ja", type=int, default=150)
+    p.add_argument("--en", type=int, default=90)
+    p.add_argument("--decoder-layers", type=int, default=2)
+    p.add_argument("--target-ratio", type=float, default=10.5)
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
+    p.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    pipeline = Pipeline(args)
+    names = list(pipeline.rows()) if args.rows is None else [n.strip() for n in args.rows.split(",")]
+    unknown = [n for n in names if n not in pipeline.rows()]
+    if unknown:
+        print(f"error: unknown row {unknown[0]!r}", file=sys.stderr)
+        return 2
+    pipeline.run(names)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
