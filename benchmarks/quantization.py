@@ -49,6 +49,7 @@ def row(name: str, result: dict, size: int, fp32: int, extra: dict) -> dict:
 
 
 def render(rows: list[dict]) -> str:
+    rows = list({r["name"]: r for r in rows}.values())  # a re-run row replaces the earlier one
     lines = ["| config | bits/weight (quantized) | file MB | ratio vs fp32 | CER ja % | WER en % |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ct2-compute", action="store_true", help="also decode the int8 export with float32 compute")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def main() -> None:
     dataset = load_dataset(args.manifest, split=args.split, limit=args.limit)
     source = load_model(args.model)
     fp32 = 4 * source.params  # parameters() counts the tied embedding / output projection once
-    if "fp32" not in done and (args.only is None or "fp32" in args.only):
+    if "fp32 (source)" not in done and (args.only is None or "fp32" in args.only):
         record(row("fp32 (source)", evaluate_model(source, dataset), fp32, fp32, {"bpw": 32.0}))
     ckpts = args.out / "checkpoints"
     for name, kwargs in CONFIGS.items():
@@ -102,6 +104,22 @@ def main() -> None:
             engine = evaluate_model(load_model(str(ckpts / f"{name}-ct2")), dataset, engine="ctranslate2")
             record(row(f"{name} → ct2 {ct2.precision} (ctranslate2 engine)", engine, ct2.size_bytes, fp32,
                        {"bpw": None, "ct2_reason": ct2.reason}))
+    if args.ct2_compute:
+        ct2_compute_check(ckpts / "uniform8-channel-ct2", dataset, fp32, record)
+
+
+def ct2_compute_check(directory: Path, dataset, fp32: int, record) -> None:
+    """The int8 CTranslate2 export decoded with float32 compute (int8 weights dequantized, float
+    activations) next to the default int8 compute (activations quantized too): tells weight
+    mapping errors apart from the engine's own activation quantization."""
+    from whisper_kdq.evaluate import _report
+    from whisper_kdq.evaluate.decode import transcribe_ct2
+
+    loaded = load_model(str(directory))
+    for compute in ("default", "float32"):
+        out = transcribe_ct2(loaded.path, loaded.processor, dataset.utterances, batch_size=8, compute_type=compute)
+        record(row(f"uniform8-channel → ct2 int8, compute_type={compute}", _report(loaded, dataset, out, "ctranslate2"),
+                   (directory / "model.bin").stat().st_size, fp32, {"bpw": None}))
 
 
 if __name__ == "__main__":
