@@ -20,6 +20,8 @@ from whisper_kdq.data.audio import SAMPLE_RATE
 from whisper_kdq.data.manifest import Utterance
 from whisper_kdq.errors import UserError
 
+TOKENS_PER_SECOND = 30
+MAX_NEW_TOKENS = 440  # Whisper's 448 positions minus the prompt
 ProgressFn = Callable[[int], None]  # called with the number of utterances just finished
 
 
@@ -32,6 +34,14 @@ class Transcripts:
     @property
     def rtf(self) -> float:
         return self.wall_s / self.audio_s if self.audio_s else float("nan")
+
+
+def token_limit(clips: Sequence[np.ndarray]) -> int:
+    """New tokens allowed for a batch: a runaway guard. Speech never needs 30 tokens per second,
+    while a weak (e.g. barely trained) model stuck in a loop would otherwise decode to the
+    448-token limit on every clip."""
+    seconds = max(len(a) for a in clips) / SAMPLE_RATE
+    return min(MAX_NEW_TOKENS, int(16 + TOKENS_PER_SECOND * seconds))
 
 
 def _batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]]:
@@ -69,8 +79,9 @@ def transcribe(
         ).input_features.to(device=device, dtype=next(model.parameters()).dtype)
         language = utterances[batch[0]].language
         kwargs = {"task": "transcribe", "language": language} if multilingual else {}
+        limit = token_limit([audio[i] for i in batch])
         with torch.inference_mode():
-            tokens = model.generate(features, num_beams=beam_size, do_sample=False, **kwargs)
+            tokens = model.generate(features, num_beams=beam_size, do_sample=False, max_new_tokens=limit, **kwargs)
         texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         for i, text in zip(batch, texts):
             hypotheses[i] = text.strip()
@@ -117,7 +128,8 @@ def transcribe_ct2(
             prompts = [[tok.convert_tokens_to_ids(t if t else d[0][0]) for t in prompt] for d in detected]
         else:
             prompts = [tok.convert_tokens_to_ids(prompt)] * len(batch)
-        results = engine.generate(storage, prompts, beam_size=beam_size)
+        limit = token_limit([audio[i] for i in batch])
+        results = engine.generate(storage, prompts, beam_size=beam_size, max_length=limit + len(prompts[0]))
         for i, result in zip(batch, results):
             hypotheses[i] = tok.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
         if progress:
