@@ -91,7 +91,7 @@ class Pipeline:
         return {
             "teacher fp32": lambda: (self.evaluate("base"), 0.0),
             "teacher RTN 8-bit": lambda: (self.evaluate(self.quantize("base", "teacher-u8", "--bits", "8")), 0.0),
-            "teacher RTN 6-bit g128, embedding 5-bit": lambda: (self.evaluate(self.quantize(
+            "teacher RTN 6-bit g128 (embedding 5-bit)": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-u6", "--bits", "6", "--embedding-bits", "5")), 0.0),
             "teacher RTN 4-bit g128": lambda: (self.evaluate(self.quantize("base", "teacher-u4g128", "--bits", "4")), 0.0),
             "teacher RTN 4-bit g32 (q4_0 size)": lambda: (self.evaluate(self.quantize(
