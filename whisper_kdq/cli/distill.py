@@ -116,4 +116,12 @@ def _train_with_progress(request, train, dev, out, force, teacher, quiet: bool) 
             bar.update(task, completed=record["step"], info=info)
 
         return run_distillation(request, train, dev, out, force=force, teacher=teacher, on_step=on_step,
-                                on_status=lambda s: bar.update(task, info=s))
+                                on_status=lambda s: on_status(bar, task, s))
+
+
+def on_status(bar, task, message: str) -> None:
+    """Status lines show in the bar; the layer map stays printed (it is also saved: layer_map.json)."""
+    if message.startswith("layer map"):
+        bar.console.print(message)
+    else:
+        bar.update(task, info=message)

@@ -17,7 +17,7 @@ from whisper_kdq.distill.trainer import Hooks, TrainConfig, Trainer, write_json
 from whisper_kdq.models.refs import LoadedModel
 from whisper_kdq.models.students import Student, StudentSpec, make_student
 
-__all__ = ["LossWeights", "TrainConfig", "StudentSpec", "DistillRequest", "run_distillation", "describe"]
+__all__ = ["LossWeights", "TrainConfig", "StudentSpec", "Hooks", "DistillRequest", "run_distillation", "describe"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ def describe(student: Student, teacher: LoadedModel, request: DistillRequest) ->
         "layer_map": student.layer_map(),
         "losses": {"ce": w.ce, "logits_kd": w.kd, "temperature": w.temperature, "hidden_kd": w.hidden,
                    "matching": w.matching if w.hidden else None,
-                   "hidden_layers": "decoder blocks" + ("" if student.frozen_encoder else " (encoder trains, not distilled)"),
+                   "hidden_layers": "decoder blocks" + ("" if student.frozen_encoder else " and encoder blocks (audio frames)"),
                    "labels": "teacher pseudo-labels" if request.pseudo_label else "reference transcripts"},
         "quantization_aware": request.plan is not None,
         "training": {"steps": request.train.steps, "batch_size": request.train.batch_size,
@@ -63,7 +63,12 @@ def describe(student: Student, teacher: LoadedModel, request: DistillRequest) ->
 
 def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | None, out: Path, *, force: bool = False,
                      teacher: LoadedModel | None = None, on_step: Callable[[dict], None] | None = None,
-                     on_status: Callable[[str], None] | None = None) -> dict:
+                     on_status: Callable[[str], None] | None = None, hooks: Hooks | None = None) -> dict:
+    """Train `request`'s student on `train` into run directory `out`, resuming it when it holds the same run.
+
+    `hooks` (e.g. quantization-aware training) may set `prepare_model(model) -> model`, applied before the
+    optimizer is built, and `finalize(model, processor, out) -> dict`, which then saves the final student.
+    Returns the summary also written to `out/summary.json`."""
     from whisper_kdq.distill import checkpointing as ckpt
     from whisper_kdq.models.refs import load_model
 
@@ -74,7 +79,8 @@ def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | Non
     teacher = teacher or load_model(request.teacher, device=request.train.device)
     student = make_student(teacher, request.student, device=request.train.device)
     write_json(out / "layer_map.json", student.layer_map())
-    hooks = Hooks()
+    status(f"layer map (student block <- teacher block): {student.layer_map()}")
+    hooks = hooks or Hooks()
     plan = None
     if request.plan is not None:
         from whisper_kdq.quant.fake import prepare_qat
@@ -105,7 +111,10 @@ def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | Non
     summary = trainer.fit(on_step)
     model = trainer.best_model()
     if trainer.acc.is_main_process:
-        summary.update(_save_final(model, student, plan, out))
+        if hooks.finalize is not None:
+            summary.update(hooks.finalize(model, student.loaded.processor, out) or {})
+        else:
+            summary.update(_save_final(model, student, plan, out))
         summary["layer_map"] = student.layer_map()
         write_json(out / "summary.json", summary)
     return summary

@@ -19,7 +19,8 @@ import torch
 
 from whisper_kdq.data.manifest import Dataset
 from whisper_kdq.distill import checkpointing as ckpt
-from whisper_kdq.distill.data import Batch, TeacherCache, length_batches, make_batch
+from whisper_kdq.distill.cache import TeacherCache
+from whisper_kdq.distill.data import Batch, length_batches, make_batch, rank_slice
 from whisper_kdq.distill.losses import LossWeights, cross_entropy, hidden_kd, logit_kd
 from whisper_kdq.errors import UserError
 from whisper_kdq.models.students import Student
@@ -97,7 +98,11 @@ class Trainer:
             model = self.hooks.prepare_model(model)
         model.train()
         self.proj = self._projection(model)
-        params = [p for p in model.parameters() if p.requires_grad] + list(self.proj.parameters())
+        # Encoder hidden-state KD only where the student's encoder trains (a frozen one cannot move).
+        self.encoder_kd = weights.hidden > 0 and not student.frozen_encoder and teacher is not None
+        self.enc_proj = self._projection(model)
+        params = [p for p in model.parameters() if p.requires_grad] + list(self.proj.parameters()) \
+            + list(self.enc_proj.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _schedule(cfg))
         self.model, self.opt = self.acc.prepare(model, self.opt)
@@ -107,7 +112,7 @@ class Trainer:
             and teacher is not None and t_model is not None
         self.cache = TeacherCache(t_model, cfg.top_k, keep_hidden=weights.hidden > 0,
                                   student_encoder=self.raw.model.encoder if student.frozen_encoder else None,
-                                  share_encoder=share)
+                                  share_encoder=share, keep_encoder_hidden=self.encoder_kd)
         self.cache_file = Path(cfg.teacher_cache) if cfg.teacher_cache and t_model is not None else None
         self.cached_at_start = self.cache.load(self.cache_file) if self.cache_file and self.cache_file.is_file() else 0
         self.log = ckpt.MetricsLog(run_dir / "metrics.jsonl", enabled=self.acc.is_main_process)
@@ -129,7 +134,10 @@ class Trainer:
         n = len(self._global_batches(0))
         epoch, pos = divmod(index, n)
         chosen = self._global_batches(epoch)[pos]
-        mine = chosen[self.acc.process_index::self.acc.num_processes]
+        mine = rank_slice(chosen, self.acc.process_index, self.acc.num_processes)
+        if self.acc.num_processes > 1:  # which utterances each rank trained on: proof that ranks differ
+            ckpt.MetricsLog(self.run_dir / f"rank-{self.acc.process_index}.jsonl").write(
+                {"index": index, "ids": [self.train.utterances[i].id for i in mine]})
         return make_batch([self.train.utterances[i] for i in mine], self.student.loaded.processor, self.hooks.texts)
 
     # -------------------------------------------------------------------------------- one step
@@ -154,7 +162,14 @@ class Trainer:
             only = (self.hooks.distill_layers or {}).get("decoder")
             terms["hidden"], self.last_map = hidden_kd(list(out.decoder_hidden_states[1:]), teacher_h, batch.mask,
                                                        self.w.matching, only=only)
-        terms["loss"] = self.w.ce * terms["ce"] + self.w.kd * terms.get("kd", 0) + self.w.hidden * terms.get("hidden", 0)
+        if self.encoder_kd:  # block outputs on the frames that hold audio (padding frames carry no signal)
+            frames, fmask = int(batch.frames.max()), batch.frame_mask().to(self.device)
+            teacher_e = [self.enc_proj(h) for h in cached["encoder_hidden"]]
+            student_e = [h[:, :frames] for h in out.encoder_hidden_states[1:]]
+            only = (self.hooks.distill_layers or {}).get("encoder")
+            terms["hidden_enc"], self.last_enc_map = hidden_kd(student_e, teacher_e, fmask, self.w.matching, only=only)
+        terms["loss"] = self.w.ce * terms["ce"] + self.w.kd * terms.get("kd", 0) \
+            + self.w.hidden * (terms.get("hidden", 0) + terms.get("hidden_enc", 0))
         return terms
 
     def _train_step(self) -> dict[str, float]:
@@ -185,6 +200,7 @@ class Trainer:
     def state(self) -> dict:
         return {"step": self.step, "model": self.raw.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "projection": self.proj.state_dict(),
+                "encoder_projection": self.enc_proj.state_dict(),
                 "rng": ckpt.rng_state(), "best": self.best[0], "config": asdict(self.cfg)}
 
     def restore(self, path: Path) -> None:
@@ -193,6 +209,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.proj.load_state_dict(state["projection"])
+        self.enc_proj.load_state_dict(state.get("encoder_projection", {}))
         ckpt.set_rng_state(state["rng"])
         self.step, self.best = state["step"], (state["best"], None)
         self.log.truncate_after(self.step)
@@ -227,6 +244,8 @@ class Trainer:
                       "step_s": time.perf_counter() - t0, "teacher_s": self.cache.teacher_s}
             if getattr(self, "last_map", None) is not None:
                 record["layer_map"] = self.last_map
+            if getattr(self, "last_enc_map", None) is not None:
+                record["encoder_layer_map"] = self.last_enc_map
             if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.cfg.steps:
                 record["dev"] = self._eval_and_keep_best()
             self.log.write(record)

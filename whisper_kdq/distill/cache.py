@@ -1,0 +1,132 @@
+"""The teacher's work, done once per utterance and kept for every epoch (and, in a file, for later runs).
+
+Per utterance: the teacher's top-k next-token log-probabilities and raw logits (KL on that support),
+its decoder block outputs and — when the student's encoder trains — its encoder block outputs on
+the frames that hold audio (hidden-state KD). When the student's encoder is frozen, its output is
+cached too (shared with the teacher when it is the teacher's encoder), so a step runs only the
+trained decoder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from whisper_kdq.distill.data import Batch
+
+__all__ = ["TeacherOutputs", "TeacherCache"]
+
+
+@dataclass
+class TeacherOutputs:
+    topk_logprobs: torch.Tensor  # [T, k] fp16: teacher log-probs of its k most likely tokens (temperature 1)
+    topk_ids: torch.Tensor  # [T, k] int32
+    decoder_hidden: torch.Tensor | None  # [L_T, T, d] fp16: output of every teacher decoder block
+    logits_topk_raw: torch.Tensor  # [T, k] fp16: the raw teacher logits of the same tokens (any temperature)
+    encoder_hidden: torch.Tensor | None = None  # [L_T, F, d] fp16: encoder block outputs on the audio frames
+
+
+class TeacherCache:
+    """Per-utterance teacher outputs (and the frozen student encoder's output), computed once."""
+
+    def __init__(self, teacher, top_k: int = 64, keep_hidden: bool = True, student_encoder=None,
+                 share_encoder: bool = False, keep_encoder_hidden: bool = False) -> None:
+        self.teacher = teacher
+        self.top_k = top_k
+        self.keep_hidden = keep_hidden
+        self.keep_encoder_hidden = keep_encoder_hidden  # only when the student's encoder trains
+        self.student_encoder = student_encoder  # frozen: its output is cached too
+        self.share_encoder = share_encoder  # the student's frozen encoder is the teacher's
+        self.outputs: dict[str, TeacherOutputs] = {}
+        self.encoder_out: dict[str, torch.Tensor] = {}
+        self.teacher_s = 0.0  # seconds spent on teacher / frozen-encoder work
+
+    def save(self, path) -> None:
+        """Keep the teacher's work for the next run on the same data (same teacher, same k)."""
+        from whisper_kdq.fileio import atomic_file
+
+        with atomic_file(path) as tmp:
+            torch.save({"top_k": self.top_k, "hidden": self.keep_hidden, "encoder_hidden": self.keep_encoder_hidden,
+                        "outputs": self.outputs, "encoder_out": self.encoder_out if self.share_encoder else {}}, tmp)
+
+    def load(self, path) -> int:
+        """Reuse a saved cache when it holds what this run needs; returns how many utterances it covered."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError):
+            return 0
+        if saved["top_k"] != self.top_k or (self.keep_hidden and not saved["hidden"]) \
+                or (self.keep_encoder_hidden and not saved.get("encoder_hidden")):
+            return 0
+        self.outputs.update(saved["outputs"])
+        if self.share_encoder:
+            self.encoder_out.update(saved["encoder_out"])
+        return len(saved["outputs"])
+
+    def __contains__(self, uid: str) -> bool:
+        teacher_ok = self.teacher is None or uid in self.outputs
+        encoder_ok = self.student_encoder is None or uid in self.encoder_out
+        return teacher_ok and encoder_ok
+
+    @torch.inference_mode()
+    def fill(self, batch: Batch, device: str) -> None:
+        start = time.perf_counter()
+        feats = batch.features.to(device)
+        t_enc = None
+        if self.teacher is not None and (any(u not in self.outputs for u in batch.ids) or self.share_encoder):
+            enc = self.teacher.get_encoder()(feats, output_hidden_states=self.keep_encoder_hidden)
+            t_enc = enc.last_hidden_state
+            out = self.teacher(encoder_outputs=(t_enc,), decoder_input_ids=batch.decoder_input_ids.to(device),
+                               output_hidden_states=self.keep_hidden)
+            logits = out.logits.float()
+            values, idx = logits.topk(self.top_k, dim=-1)
+            logprobs = values - torch.logsumexp(logits, dim=-1, keepdim=True)
+            for i, uid in enumerate(batch.ids):
+                n = int(batch.mask[i].nonzero().max()) + 1 if batch.mask[i].any() else 0
+                hidden = torch.stack(out.decoder_hidden_states[1:])[:, i, :n].half().cpu() if self.keep_hidden else None
+                enc_hidden = None
+                if self.keep_encoder_hidden:
+                    f = int(batch.frames[i])
+                    enc_hidden = torch.stack(enc.hidden_states[1:])[:, i, :f].half().cpu()
+                self.outputs[uid] = TeacherOutputs(logprobs[i, :n].half().cpu(), idx[i, :n].int().cpu(), hidden,
+                                                   values[i, :n].half().cpu(), enc_hidden)
+        if self.student_encoder is not None:
+            enc_out = t_enc if (self.share_encoder and t_enc is not None) else self.student_encoder(feats).last_hidden_state
+            for i, uid in enumerate(batch.ids):
+                self.encoder_out[uid] = enc_out[i].half().cpu()
+        self.teacher_s += time.perf_counter() - start
+
+    def stack(self, batch: Batch, device: str) -> dict:
+        """The cached tensors of `batch`, padded to its length, on `device`."""
+        T = batch.decoder_input_ids.shape[1]
+        result: dict = {}
+        if self.student_encoder is not None:
+            result["encoder_out"] = torch.stack([self.encoder_out[u] for u in batch.ids]).float().to(device)
+        if self.teacher is None:
+            return result
+        outs = [self.outputs[u] for u in batch.ids]
+        k = self.top_k
+        lp = torch.full((len(outs), T, k), -math.inf)
+        raw = torch.zeros((len(outs), T, k))
+        ids = torch.zeros((len(outs), T, k), dtype=torch.long)
+        for i, o in enumerate(outs):
+            n = o.topk_ids.shape[0]
+            lp[i, :n], raw[i, :n], ids[i, :n] = o.topk_logprobs.float(), o.logits_topk_raw.float(), o.topk_ids.long()
+        result.update(topk_logprobs=lp.to(device), topk_raw=raw.to(device), topk_ids=ids.to(device))
+        if self.keep_hidden and outs[0].decoder_hidden is not None:
+            result["decoder_hidden"] = _pad([o.decoder_hidden for o in outs], T).to(device)
+        if self.keep_encoder_hidden and outs[0].encoder_hidden is not None:
+            result["encoder_hidden"] = _pad([o.encoder_hidden for o in outs], int(batch.frames.max())).to(device)
+        return result
+
+
+def _pad(per_utterance: list[torch.Tensor], length: int) -> torch.Tensor:
+    """[L, n_i, d] tensors -> one [L, B, length, d] float tensor, zero-padded."""
+    L, _, d = per_utterance[0].shape
+    out = torch.zeros((L, len(per_utterance), length, d))
+    for i, h in enumerate(per_utterance):
+        out[:, i, :h.shape[1]] = h.float()
+    return out
