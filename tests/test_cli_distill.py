@@ -82,12 +82,35 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, fixt
            "-m", "whisper_kdq", *_args(tiny_model_dir, fixture_manifest, ddp, *common)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # Each rank trained on its own half of every global batch, and together on the single run's batches.
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.distill.data import length_batches
+
+    ranks = [[json.loads(x) for x in (ddp / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    utts = load_dataset(fixture_manifest).utterances
+    for index, (r0, r1) in enumerate(zip(*ranks)):
+        assert r0["index"] == r1["index"] == index and not set(r0["ids"]) & set(r1["ids"])
+        epoch, pos = divmod(index, len(length_batches(utts, 4, 0, 0)))
+        assert sorted(r0["ids"] + r1["ids"]) == sorted(utts[i].id for i in length_batches(utts, 4, 0, epoch)[pos])
     a = load_file(single / "model" / "model.safetensors")
     b = load_file(ddp / "model" / "model.safetensors")
     start = load_file(tiny_model_dir / "model.safetensors")
     moved = max((a[k] - start[k]).abs().max().item() for k in a if k in start and "decoder.layers" not in k)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved > 1e-4 and diff < 0.05 * moved, (moved, diff)
+
+
+def test_encoder_hidden_kd_when_the_encoder_trains(tiny_model_dir, fixture_manifest, tmp_path):
+    run = tmp_path / "enc"
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, run), "--student-encoder-layers", "1",
+                                 "--steps", "3", "--matching", "dynamic", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "loss" in x]
+    assert all(r["hidden_enc"] > 0 and len(r["encoder_layer_map"]) == 1 for r in rows)
+    assert json.loads((run / "layer_map.json").read_text())["encoder"] == [1]
+    start, end = load_file(tiny_model_dir / "model.safetensors"), load_file(run / "model" / "model.safetensors")
+    key = "model.encoder.layers.{}.fc1.weight"
+    assert not torch.equal(start[key.format(1)], end[key.format(0)])  # the encoder trained
 
 
 @pytest.mark.integration

@@ -1,0 +1,64 @@
+"""Labels, batches, rank slices and the teacher cache (encoder and decoder hidden states)."""
+
+from __future__ import annotations
+
+import torch
+
+from whisper_kdq.data.manifest import load_dataset
+from whisper_kdq.distill.cache import TeacherCache
+from whisper_kdq.distill.data import PROMPT_LEN, length_batches, make_batch, rank_slice
+from tests.conftest import tiny_model
+
+
+def test_rank_slices_are_disjoint_and_cover_the_global_batch():
+    batch = list(range(10, 17))
+    parts = [rank_slice(batch, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == batch
+    assert all(not set(a) & set(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+
+
+def test_length_batches_are_deterministic_per_epoch(fixture_manifest):
+    utts = load_dataset(fixture_manifest).utterances
+    assert length_batches(utts, 2, 0, 0) == length_batches(utts, 2, 0, 0)
+    epochs = {tuple(map(tuple, length_batches(utts, 2, 0, e))) for e in range(6)}
+    assert len(epochs) > 1  # reshuffled each epoch
+
+
+def test_make_batch_labels_and_frames(fixture_manifest, tiny_processor):
+    utts = load_dataset(fixture_manifest).utterances[:3]
+    batch = make_batch(utts, tiny_processor)
+    tok = tiny_processor.tokenizer
+    for i, u in enumerate(utts):
+        assert batch.decoder_input_ids[i, 1] == tok.convert_tokens_to_ids(f"<|{u.language}|>")
+        labels = batch.labels[i][batch.mask[i]].tolist()
+        assert labels[-1] == tok.convert_tokens_to_ids("<|endoftext|>")
+        assert batch.labels[i, :PROMPT_LEN - 1].eq(-100).all()  # the prompt is given, not predicted
+        assert int(batch.frames[i]) == -(-len(u.load()) // 320)
+    fm = batch.frame_mask()
+    assert fm.shape == (3, int(batch.frames.max())) and fm.sum(1).tolist() == batch.frames.tolist()
+
+
+def test_teacher_cache_keeps_encoder_and_decoder_states(fixture_manifest, tiny_processor, tmp_path):
+    teacher = tiny_model(seed=3)
+    utts = load_dataset(fixture_manifest).utterances[:2]
+    batch = make_batch(utts, tiny_processor)
+    cache = TeacherCache(teacher, top_k=8, keep_hidden=True, keep_encoder_hidden=True)
+    cache.fill(batch, "cpu")
+    assert all(u.id in cache for u in utts)
+    got = cache.stack(batch, "cpu")
+    L = teacher.config.decoder_layers
+    assert got["decoder_hidden"].shape[:3] == (L, 2, batch.decoder_input_ids.shape[1])
+    assert got["encoder_hidden"].shape[:3] == (teacher.config.encoder_layers, 2, int(batch.frames.max()))
+    with torch.no_grad():
+        ref = teacher.model.encoder(batch.features, output_hidden_states=True).hidden_states[1]
+    f = int(batch.frames[0])
+    assert torch.allclose(got["encoder_hidden"][0, 0, :f], ref[0, :f], atol=2e-2, rtol=1e-2)  # fp16 storage
+    # Saved and reloaded: reused when it holds what is needed, ignored when it does not.
+    cache.save(tmp_path / "c.pt")
+    again = TeacherCache(teacher, top_k=8, keep_hidden=True, keep_encoder_hidden=True)
+    assert again.load(tmp_path / "c.pt") == 2 and torch.equal(again.stack(batch, "cpu")["encoder_hidden"],
+                                                            got["encoder_hidden"])
+    plain = TeacherCache(teacher, top_k=8, keep_hidden=False)
+    plain.fill(batch, "cpu")
+    plain.save(tmp_path / "p.pt")
+    assert TeacherCache(teacher, top_k=8, keep_hidden=True, keep_encoder_hidden=True).load(tmp_path / "p.pt") == 0
