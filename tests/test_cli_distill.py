@@ -100,6 +100,22 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, fixt
     assert moved > 1e-4 and diff < 0.05 * moved, (moved, diff)
 
 
+def test_teacher_cache_file_serves_later_runs(tiny_model_dir, fixture_manifest, tmp_path):
+    cache = tmp_path / "teacher.pt"
+    common = ["--freeze-encoder", "--steps", "2", "--teacher-cache", str(cache), "--json"]
+    first = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "a"), *common])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["teacher_s"] > 0 and cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+    # Distillation again, and plain fine-tuning (its frozen encoder is the teacher's): no teacher work at all.
+    for name, extra in (("b", []), ("ce", ["--kd", "0", "--hidden", "0"])):
+        again = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / name), *common, *extra])
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout)["teacher_s"] == 0.0
+    assert cache.stat().st_mtime_ns == stamp  # read, not rewritten
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
 def test_encoder_hidden_kd_when_the_encoder_trains(tiny_model_dir, fixture_manifest, tmp_path):
     run = tmp_path / "enc"
     result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, run), "--student-encoder-layers", "1",

@@ -58,6 +58,9 @@ class TeacherCache:
             saved = torch.load(path, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError, EOFError):
             return 0
+        if self.teacher is None:  # plain fine-tuning of a frozen teacher encoder: only its outputs are of use
+            self.encoder_out.update(saved["encoder_out"] if self.share_encoder else {})
+            return len(self.encoder_out)
         if saved["top_k"] != self.top_k or (self.keep_hidden and not saved["hidden"]) \
                 or (self.keep_encoder_hidden and not saved.get("encoder_hidden")):
             return 0

@@ -108,12 +108,14 @@ class Trainer:
         self.model, self.opt = self.acc.prepare(model, self.opt)
         self.raw = self.acc.unwrap_model(self.model)
         t_model = teacher.model.to(self.device).eval() if (teacher is not None and weights.uses_teacher) else None
+        # A cut student's frozen encoder is the teacher's whole encoder: one output serves both.
         share = student.frozen_encoder and student.encoder_map is not None and self.hooks.prepare_model is None \
-            and teacher is not None and t_model is not None
+            and teacher is not None
         self.cache = TeacherCache(t_model, cfg.top_k, keep_hidden=weights.hidden > 0,
                                   student_encoder=self.raw.model.encoder if student.frozen_encoder else None,
                                   share_encoder=share, keep_encoder_hidden=self.encoder_kd)
-        self.cache_file = Path(cfg.teacher_cache) if cfg.teacher_cache and t_model is not None else None
+        # Without the teacher (plain fine-tuning) the file is only read: the shared encoder's outputs.
+        self.cache_file = Path(cfg.teacher_cache) if cfg.teacher_cache and (t_model is not None or share) else None
         self.cached_at_start = self.cache.load(self.cache_file) if self.cache_file and self.cache_file.is_file() else 0
         self.log = ckpt.MetricsLog(run_dir / "metrics.jsonl", enabled=self.acc.is_main_process)
         self.step = 0
@@ -264,7 +266,8 @@ class Trainer:
                 "best_dev_error": None if math.isinf(self.best[0]) else self.best[0]}
 
     def _save_cache(self) -> None:
-        if self.cache_file is not None and self.acc.is_main_process and len(self.cache.outputs) > self.cached_at_start:
+        if self.cache_file is not None and self.cache.teacher is not None and self.acc.is_main_process \
+                and len(self.cache.outputs) > self.cached_at_start:
             self.cache.save(self.cache_file)
             self.cached_at_start = len(self.cache.outputs)
 
