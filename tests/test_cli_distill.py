@@ -42,6 +42,8 @@ def test_bad_options_are_one_line_errors(tiny_model_dir, fixture_manifest, tmp_p
     assert result.exit_code == 2 and "layers 0-1" in result.output
     result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "r"), "--matching", "magic"])
     assert result.exit_code == 2 and "unknown matching strategy" in result.output
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "r"), "--hidden-loss", "cosine"])
+    assert result.exit_code == 2 and "unknown hidden loss" in result.output
 
 
 def test_sigkill_and_resume_reach_the_same_loss(tiny_model_dir, fixture_manifest, tmp_path):
@@ -114,6 +116,23 @@ def test_teacher_cache_file_serves_later_runs(tiny_model_dir, fixture_manifest, 
         assert json.loads(again.stdout)["teacher_s"] == 0.0
     assert cache.stat().st_mtime_ns == stamp  # read, not rewritten
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_pretrained_narrower_student_learns_through_projections(tiny_model_dir, fixture_manifest, tmp_path):
+    from tests.conftest import tiny_model, tiny_processor_obj
+
+    narrow = tmp_path / "narrow"
+    tiny_model(seed=5, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, decoder_layers=1).save_pretrained(narrow)
+    tiny_processor_obj().save_pretrained(narrow)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["distill", "--teacher", str(tiny_model_dir), "--student", str(narrow), "--data",
+                                 str(fixture_manifest), "--out", str(run), "--device", "cpu", "--batch-size", "2",
+                                 "--hidden", "1", "--steps", "2", "--save-every", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "loss" in x]
+    assert all(r["hidden"] > 0 and r["hidden_enc"] > 0 for r in rows)
+    state = torch.load(run / "checkpoints" / "step-000002" / "state.pt", weights_only=False)
+    assert state["projection"]["weight"].shape == (32, 64) and state["encoder_projection"]["weight"].shape == (32, 64)
 
 
 def test_encoder_hidden_kd_when_the_encoder_trains(tiny_model_dir, fixture_manifest, tmp_path):

@@ -52,3 +52,19 @@ def test_hidden_kd_finds_the_layer_a_student_copies():
     assert costs.shape == (2, 6) and costs[0, 1] == 0
     only_first, _ = hidden_kd(student, teacher, mask, "static", only=[0])
     assert only_first == costs[0, 2]
+
+
+def test_softmax_mse_is_the_papers_distance():
+    gen = torch.Generator().manual_seed(2)
+    teacher = [torch.randn(2, 3, 8, generator=gen) for _ in range(3)]
+    student = [teacher[2].clone(), torch.randn(2, 3, 8, generator=gen)]
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[0, 2] = False
+    t = 2.0
+    cost = layer_costs(student, teacher, mask, "softmax-mse", t)
+    assert cost[0, 2] == 0 and (cost[1] > 0).all()
+    a, b = (student[1] / t).softmax(-1), (teacher[0] / t).softmax(-1)
+    expected = t * t * ((a - b) ** 2).sum(-1)[mask].mean()
+    assert torch.allclose(cost[1, 0], expected)
+    loss, chosen = hidden_kd(student, teacher, mask, "dynamic", kind="softmax-mse", temperature=t)
+    assert chosen[0] == 2 and torch.allclose(loss, (cost[0, 2] + cost[1].min()) / 2)

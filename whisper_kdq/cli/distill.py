@@ -34,6 +34,7 @@ def distill(
     hidden_weight: float = typer.Option(0.0, "--hidden", help="Weight of hidden-state distillation."),
     temperature: float = typer.Option(2.0, help="Distillation temperature (KL is scaled by T^2)."),
     matching: str = typer.Option("restrained-dynamic", help="Layer matching: static, dynamic, restrained-dynamic."),
+    hidden_loss: str = typer.Option("mse", help="Hidden-state distance: mse (normalised) or softmax-mse (the paper's)."),
     pseudo_label: bool = typer.Option(False, "--pseudo-label", help="Train on the teacher's transcripts."),
     pseudo_label_max_wer: float = typer.Option(0.3, help="Drop pseudo-labels further than this from the reference (WER, CER for ja/zh)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Quantization plan: train quantization-aware, save a packed checkpoint."),
@@ -62,7 +63,7 @@ def distill(
     from whisper_kdq.models.students import make_student, parse_map
 
     dev_name = resolve_device(device)
-    weights = LossWeights(ce_weight, kd_weight, hidden_weight, temperature, matching)
+    weights = LossWeights(ce_weight, kd_weight, hidden_weight, temperature, matching, hidden_loss)
     weights.validate()
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
                       max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep, eval_every=eval_every,

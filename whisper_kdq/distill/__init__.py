@@ -52,7 +52,7 @@ def describe(student: Student, teacher: LoadedModel, request: DistillRequest) ->
                     "heads": cfg.encoder_attention_heads, "ffn": cfg.encoder_ffn_dim},
         "layer_map": student.layer_map(),
         "losses": {"ce": w.ce, "logits_kd": w.kd, "temperature": w.temperature, "hidden_kd": w.hidden,
-                   "matching": w.matching if w.hidden else None,
+                   "matching": w.matching if w.hidden else None, "hidden_loss": w.hidden_loss if w.hidden else None,
                    "hidden_layers": "decoder blocks" + ("" if student.frozen_encoder else " and encoder blocks (audio frames)"),
                    "labels": "teacher pseudo-labels" if request.pseudo_label else "reference transcripts"},
         "quantization_aware": request.plan is not None,

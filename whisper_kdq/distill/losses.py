@@ -4,7 +4,8 @@
 - `logit_kd`: KL(teacher ‖ student) at temperature T, times T², on the teacher's top-k tokens
   (the cache keeps k log-probs per position; the teacher's mass outside them is dropped and the
   rest renormalised — with k = 64 that mass is negligible for a confident teacher);
-- `hidden_kd`: normalised MSE between student block outputs and their matched teacher blocks,
+- `hidden_kd`: normalised MSE between student block outputs and their matched teacher blocks
+  (or the paper's softmax-MSE: both passed through a softmax over features at temperature T),
   matched per batch by `distill.matching` (static, dynamic, restrained-dynamic).
 """
 
@@ -18,6 +19,9 @@ import torch.nn.functional as F
 from whisper_kdq.distill.matching import STRATEGIES, match
 
 
+HIDDEN_LOSSES = ("mse", "softmax-mse")
+
+
 @dataclass
 class LossWeights:
     ce: float = 1.0
@@ -25,12 +29,15 @@ class LossWeights:
     hidden: float = 0.0  # hidden-state distillation (decoder blocks; encoder blocks when it trains)
     temperature: float = 2.0
     matching: str = "restrained-dynamic"
+    hidden_loss: str = "mse"  # or "softmax-mse" (the paper's: T² · Σ_features (softmax(h_s/T) − softmax(h_t/T))²)
 
     def validate(self) -> None:
         from whisper_kdq.errors import UserError
 
         if self.matching not in STRATEGIES:
             raise UserError(f"unknown matching strategy {self.matching!r}: use one of {', '.join(STRATEGIES)}")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise UserError(f"unknown hidden loss {self.hidden_loss!r}: use one of {', '.join(HIDDEN_LOSSES)}")
         if self.temperature <= 0 or min(self.ce, self.kd, self.hidden) < 0:
             raise UserError("loss weights must be >= 0 and the temperature > 0")
         if self.ce == self.kd == self.hidden == 0:
@@ -55,8 +62,13 @@ def logit_kd(logits: torch.Tensor, topk_ids: torch.Tensor, topk_raw: torch.Tenso
     return t * t * kl[mask].mean()
 
 
-def layer_costs(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
-    """D[i, j] = ‖h_s,i − h_t,j‖² / ‖h_t,j‖² over (masked) positions: scale-free across layers."""
+def layer_costs(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None,
+                kind: str = "mse", temperature: float = 1.0) -> torch.Tensor:
+    """D[i, j] = ‖h_s,i − h_t,j‖² / ‖h_t,j‖² over (masked) positions: scale-free across layers.
+
+    `kind="softmax-mse"`: D[i, j] = T² · mean over positions of Σ_features (softmax(h_s,i/T) − softmax(h_t,j/T))²."""
+    if kind == "softmax-mse":
+        return _softmax_costs(student, teacher, mask, temperature)
     costs = []
     w = None if mask is None else mask.unsqueeze(-1).to(student[0].dtype)
     for hs in student:
@@ -70,12 +82,28 @@ def layer_costs(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: 
     return torch.stack(costs)
 
 
+def _softmax_costs(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None,
+                   t: float) -> torch.Tensor:
+    ps = [F.softmax(h.float() / t, dim=-1) for h in student]
+    pt = [F.softmax(h.float() / t, dim=-1) for h in teacher]
+    keep = None if mask is None else mask.to(ps[0].dtype)
+    rows = []
+    for a in ps:
+        row = []
+        for b in pt:
+            per_pos = ((a - b) ** 2).sum(-1)
+            row.append(per_pos.mean() if keep is None else (per_pos * keep).sum() / keep.sum().clamp_min(1))
+        rows.append(torch.stack(row))
+    return t * t * torch.stack(rows)
+
+
 def hidden_kd(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None,
-              strategy: str, fixed: list[int] | None = None, only: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+              strategy: str, fixed: list[int] | None = None, only: list[int] | None = None,
+              kind: str = "mse", temperature: float = 1.0) -> tuple[torch.Tensor, list[int]]:
     """Mean over the distilled student blocks of their matched cost; returns (loss, map).
 
     `only` restricts the loss to some student blocks (the guided selection's choice)."""
-    cost = layer_costs(student, teacher, mask)
+    cost = layer_costs(student, teacher, mask, kind, temperature)
     chosen = match(cost, strategy, fixed)
     rows = only if only is not None else range(len(student))
     terms = [cost[i, chosen[i]] for i in rows]

@@ -163,16 +163,20 @@ class Trainer:
             teacher_h = [self.proj(h) for h in cached["decoder_hidden"]]
             only = (self.hooks.distill_layers or {}).get("decoder")
             terms["hidden"], self.last_map = hidden_kd(list(out.decoder_hidden_states[1:]), teacher_h, batch.mask,
-                                                       self.w.matching, only=only)
+                                                       self.w.matching, only=only, **self._hidden_kind())
         if self.encoder_kd:  # block outputs on the frames that hold audio (padding frames carry no signal)
             frames, fmask = int(batch.frames.max()), batch.frame_mask().to(self.device)
             teacher_e = [self.enc_proj(h) for h in cached["encoder_hidden"]]
             student_e = [h[:, :frames] for h in out.encoder_hidden_states[1:]]
             only = (self.hooks.distill_layers or {}).get("encoder")
-            terms["hidden_enc"], self.last_enc_map = hidden_kd(student_e, teacher_e, fmask, self.w.matching, only=only)
+            terms["hidden_enc"], self.last_enc_map = hidden_kd(student_e, teacher_e, fmask, self.w.matching, only=only,
+                                                               **self._hidden_kind())
         terms["loss"] = self.w.ce * terms["ce"] + self.w.kd * terms.get("kd", 0) \
             + self.w.hidden * (terms.get("hidden", 0) + terms.get("hidden_enc", 0))
         return terms
+
+    def _hidden_kind(self) -> dict:
+        return {"kind": self.w.hidden_loss, "temperature": self.w.temperature}
 
     def _train_step(self) -> dict[str, float]:
         sums: dict[str, float] = {}
