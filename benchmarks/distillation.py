@@ -113,7 +113,12 @@ def main(argv=None) -> int:
     p.add_argument("--students", default="6+2,6+1", help="frozen encoder + N decoder blocks, e.g. 6+2,6+1")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--epoch-cost", default="", help="instead: time one epoch of CE vs KD+hidden for a student whose "
+                   "encoder trains, e.g. 4+2, on --epoch-cost-utts utterances")
+    p.add_argument("--epoch-cost-utts", type=int, default=32)
     args = p.parse_args(argv)
+    if args.epoch_cost:
+        return epoch_cost(args)
     args.out.mkdir(parents=True, exist_ok=True)
     train = subset(args.corpus, args.ja, args.en, seed=0)
     steps_per_epoch = (args.ja + args.en) // args.batch_size
@@ -154,6 +159,30 @@ def main(argv=None) -> int:
             results_file.write_text(json.dumps(results, indent=2))
             print(key, results[key], flush=True)
     write_report(args, results, argv, steps_per_epoch)
+    return 0
+
+
+def epoch_cost(args) -> int:
+    """One epoch, teacher work included (nothing cached beforehand), distillation vs plain fine-tuning."""
+    enc, dec = args.epoch_cost.split("+")
+    rows = [x for x in subset(args.corpus, args.ja, args.en, seed=0).read_text(encoding="utf-8").splitlines()]
+    rows = rows[:args.epoch_cost_utts // 2] + rows[-(args.epoch_cost_utts // 2):]  # half ja, half en
+    data = args.out / f"epoch-cost-{len(rows)}.jsonl"
+    data.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    steps = len(rows) // args.batch_size
+    out = {}
+    for name in ("ce", "kd+hidden-restrained-dynamic"):
+        run = args.out / f"epoch-cost-{args.epoch_cost}-{name}"
+        cmd = [sys.executable, "-m", "whisper_kdq", "distill", "--teacher", args.teacher, "--data", str(data),
+               "--out", str(run), "--student-encoder-layers", enc, "--student-decoder-layers", dec, "--steps", str(steps),
+               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", "1", "--save-every", "1000",
+               "--device", args.device, "--json", *CONFIGS[name]]
+        print("$", " ".join(cmd[2:]), flush=True)
+        summary = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        out[name] = {"epoch_s": epoch_seconds(run, steps)[0], "teacher_s": summary["teacher_s"]}
+    out["ratio"] = out["kd+hidden-restrained-dynamic"]["epoch_s"] / out["ce"]["epoch_s"]
+    (args.out / f"epoch-cost-{args.epoch_cost}.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
     return 0
 
 
