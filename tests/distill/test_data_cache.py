@@ -62,3 +62,29 @@ def test_teacher_cache_keeps_encoder_and_decoder_states(fixture_manifest, tiny_p
     plain.fill(batch, "cpu")
     plain.save(tmp_path / "p.pt")
     assert TeacherCache(teacher, top_k=8, keep_hidden=True, keep_encoder_hidden=True).load(tmp_path / "p.pt") == 0
+
+
+def test_pseudo_labels_keep_close_and_unlabelled_drop_far(monkeypatch):
+    import numpy as np
+
+    from whisper_kdq.data.manifest import Utterance
+    from whisper_kdq.distill import data as data_mod
+    from whisper_kdq.evaluate import decode
+    from whisper_kdq.evaluate.decode import Transcripts
+
+    silent = np.zeros(16000, dtype=np.float32)
+    utts = [Utterance("close", "the cat sat on the mat", "en", samples=silent),
+            Utterance("far", "the cat sat on the mat", "en", samples=silent),
+            Utterance("ja", "今日はいい天気です", "ja", samples=silent),
+            Utterance("unlabelled", "", "en", samples=silent),
+            Utterance("empty", "hello", "en", samples=silent)]
+    hyps = ["the cat sat on a mat", "a dog ran far away from home", "今日はいい天気でした", "some words", ""]
+    monkeypatch.setattr(decode, "transcribe", lambda *a, **k: Transcripts(hyps, 1.0, 5.0))
+    from types import SimpleNamespace
+
+    teacher = SimpleNamespace(model=None, processor=None)
+    texts, dropped = data_mod.pseudo_labels(teacher, utts, max_wer=0.3, batch_size=2, device="cpu")
+    assert set(texts) == {"close", "ja", "unlabelled"} and set(dropped) == {"far", "empty"}
+    assert texts["close"] == "the cat sat on a mat"  # trained on the teacher's words, not the reference
+    texts, _ = data_mod.pseudo_labels(teacher, utts, max_wer=None, batch_size=2, device="cpu")
+    assert set(texts) == {"close", "far", "ja", "unlabelled"}
