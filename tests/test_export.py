@@ -48,6 +48,14 @@ def test_ct2_export_runs_in_ctranslate2_and_faster_whisper(tiny_model_dir, tmp_p
     segments, info = fw.transcribe(str(fixture_manifest.parent / clip), language="ja", beam_size=1)
     list(segments)  # decoding runs end to end (a random model's words are meaningless)
     assert info.language == "ja"
+    # The export decodes with the CTranslate2 engine through evaluate; a bad compute type is one line.
+    ok = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "ct2"), "--data", str(fixture_manifest), "--limit", "2",
+                             "--engine", "ctranslate2", "--compute-type", "float32", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["models"][0]["engine"] == "ctranslate2"
+    bad = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "ct2"), "--data", str(fixture_manifest),
+                              "--engine", "ctranslate2", "--compute-type", "bogus"])
+    assert bad.exit_code == 2 and "compute type" in bad.output and "Traceback" not in bad.output
     # Importing the export back gives the same logits within float16 precision.
     back = load_model(str(tmp_path / "ct2")).model
     features = torch.randn(1, 80, 3000)

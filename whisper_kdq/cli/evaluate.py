@@ -28,6 +28,7 @@ def evaluate(
     batch_size: int = typer.Option(8, help="Utterances decoded together."),
     beam_size: int = typer.Option(1, help="1 = greedy."),
     engine: str = typer.Option("transformers", help=f"Decoding engine: {', '.join(ENGINES)} (CTranslate2 directories only)."),
+    compute_type: str = typer.Option("default", help="ctranslate2 engine only: default (int8 weights run int8), float32, int8_float32, …"),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable rows and report them instead of stopping."),
     predictions: Optional[Path] = typer.Option(None, help="Write every hypothesis beside its reference (JSONL)."),
@@ -50,7 +51,7 @@ def evaluate(
                       console=console, transient=True, disable=as_json and not console.is_terminal) as bar:
             task = bar.add_task("decode", total=len(dataset))
             results.append(evaluate_model(loaded, dataset, batch_size=batch_size, beam_size=beam_size,
-                                          device=device, engine=engine, progress=lambda n: bar.advance(task, n)))
+                                          device=device, engine=engine, compute_type=compute_type, progress=lambda n: bar.advance(task, n)))
         del loaded
     if predictions is not None:
         lines = [json.dumps({"model": r["model"], **p}, ensure_ascii=False) for r in results for p in r["predictions"]]

@@ -26,6 +26,7 @@ def evaluate_model(
     beam_size: int = 1,
     device: str = "cpu",
     engine: str = "transformers",
+    compute_type: str = "default",
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Decode `dataset` with `loaded` and score it per language.
@@ -42,7 +43,7 @@ def evaluate_model(
             raise UserError(f"--engine ctranslate2 needs a CTranslate2 directory; {loaded.ref} is a {loaded.kind} model "
                             "(export it with `whisper-kdq export --format ct2`)")
         out = transcribe_ct2(loaded.path, loaded.processor, utterances, batch_size=batch_size,
-                             beam_size=beam_size, device=device, progress=progress)
+                             beam_size=beam_size, device=device, compute_type=compute_type, progress=progress)
     else:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     return _report(loaded, dataset, out, engine)

@@ -107,8 +107,11 @@ def transcribe_ct2(
         import ctranslate2
     except ImportError:
         raise UserError("--engine ctranslate2 needs `pip install ctranslate2`") from None
-    engine = ctranslate2.models.Whisper(str(model_dir), device="cuda" if device.startswith("cuda") else "cpu",
-                                        compute_type=compute_type)
+    try:
+        engine = ctranslate2.models.Whisper(str(model_dir), device="cuda" if device.startswith("cuda") else "cpu",
+                                            compute_type=compute_type)
+    except ValueError as exc:  # e.g. an unknown or unsupported compute type
+        raise UserError(f"ctranslate2 cannot load {model_dir} with compute type {compute_type!r}: {exc}") from None
     tok = processor.tokenizer
     hypotheses: list[str] = [""] * len(utterances)
     audio = [u.load() for u in utterances]
