@@ -173,7 +173,7 @@ def epoch_cost(args) -> int:
     enc, dec = args.epoch_cost.split("+")
     rows = [x for x in subset(args.corpus, args.ja, args.en, seed=0).read_text(encoding="utf-8").splitlines()]
     rows = rows[:args.epoch_cost_utts // 2] + rows[-(args.epoch_cost_utts // 2):]  # half ja, half en
-    data = args.out / f"epoch-cost-{len(rows)}.jsonl"
+    data = args.corpus / f"epoch-cost-{len(rows)}.jsonl"  # beside the corpus: audio paths are relative
     data.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
     steps = len(rows) // args.batch_size
     out = {}

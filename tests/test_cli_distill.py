@@ -50,6 +50,8 @@ def test_sigkill_and_resume_reach_the_same_loss(tiny_model_dir, fixture_manifest
     steps = ["--steps", "14", "--save-every", "3"]
     whole = tmp_path / "whole"
     assert runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, whole), *steps]).exit_code == 0
+    kept = sorted(p.name for p in (whole / "checkpoints").glob("step-*"))
+    assert kept == ["step-000009", "step-000012"]  # rotation keeps the last two (--keep 2)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "whisper_kdq", *_args(tiny_model_dir, fixture_manifest, killed), *steps]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
