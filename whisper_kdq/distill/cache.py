@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -50,13 +50,14 @@ class TeacherCache:
 
         with atomic_file(path) as tmp:
             torch.save({"top_k": self.top_k, "hidden": self.keep_hidden, "encoder_hidden": self.keep_encoder_hidden,
-                        "outputs": self.outputs, "encoder_out": self.encoder_out if self.share_encoder else {}}, tmp)
+                        "outputs": {u: asdict(o) for u, o in self.outputs.items()},  # plain tensors: no pickled classes
+                        "encoder_out": self.encoder_out if self.share_encoder else {}}, tmp)
 
     def load(self, path) -> int:
         """Reuse a saved cache when it holds what this run needs; returns how many utterances it covered."""
         try:
             saved = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError):
+        except (OSError, RuntimeError, EOFError, AttributeError):
             return 0
         if self.teacher is None:  # plain fine-tuning of a frozen teacher encoder: only its outputs are of use
             self.encoder_out.update(saved["encoder_out"] if self.share_encoder else {})
@@ -64,7 +65,9 @@ class TeacherCache:
         if saved["top_k"] != self.top_k or (self.keep_hidden and not saved["hidden"]) \
                 or (self.keep_encoder_hidden and not saved.get("encoder_hidden")):
             return 0
-        self.outputs.update(saved["outputs"])
+        # Files from before the plain-dict format hold TeacherOutputs objects (data.py resolves the old name).
+        self.outputs.update({u: o if isinstance(o, TeacherOutputs) else TeacherOutputs(**o)
+                             for u, o in saved["outputs"].items()})
         if self.share_encoder:
             self.encoder_out.update(saved["encoder_out"])
         return len(saved["outputs"])

@@ -114,3 +114,12 @@ def pseudo_labels(teacher_loaded, utterances: Sequence[Utterance], *, max_wer: f
                 continue
         texts[u.id] = hyp
     return texts, dropped
+
+
+def __getattr__(name: str):
+    """Teacher-cache files written before `cache.py` existed pickled `data.TeacherOutputs`."""
+    if name == "TeacherOutputs":
+        from whisper_kdq.distill.cache import TeacherOutputs
+
+        return TeacherOutputs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
