@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--students", default="6+2,6+1", help="frozen encoder + N decoder blocks, e.g. 6+2,6+1")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--epoch-cost", default="", help="instead: time one epoch of CE vs KD+hidden for a student whose "
-                   "encoder trains, e.g. 4+2, on --epoch-cost-utts utterances")
+    p.add_argument("--epoch-cost", default="", help="instead: time one epoch of CE vs KD+hidden, "
+                   "nothing cached beforehand, on --epoch-cost-utts utterances: 4+2 (encoder trains) or 6+2f (frozen)")
     p.add_argument("--epoch-cost-utts", type=int, default=32)
     args = p.parse_args(argv)
     if args.epoch_cost:
@@ -170,7 +170,9 @@ def main(argv=None) -> int:
 
 def epoch_cost(args) -> int:
     """One epoch, teacher work included (nothing cached beforehand), distillation vs plain fine-tuning."""
-    enc, dec = args.epoch_cost.split("+")
+    enc, dec = args.epoch_cost.rstrip("f").split("+")
+    # "6+2f": the teacher's encoder, frozen (its output cached, shared with the teacher); else the encoder trains.
+    student = ["--freeze-encoder"] if args.epoch_cost.endswith("f") else ["--student-encoder-layers", enc]
     rows = [x for x in subset(args.corpus, args.ja, args.en, seed=0).read_text(encoding="utf-8").splitlines()]
     rows = rows[:args.epoch_cost_utts // 2] + rows[-(args.epoch_cost_utts // 2):]  # half ja, half en
     data = args.corpus / f"epoch-cost-{len(rows)}.jsonl"  # beside the corpus: audio paths are relative
@@ -180,7 +182,7 @@ def epoch_cost(args) -> int:
     for name in ("ce", "kd+hidden-restrained-dynamic"):
         run = args.out / f"epoch-cost-{args.epoch_cost}-{name}"
         cmd = [sys.executable, "-m", "whisper_kdq", "distill", "--teacher", args.teacher, "--data", str(data),
-               "--out", str(run), "--student-encoder-layers", enc, "--student-decoder-layers", dec, "--steps", str(steps),
+               "--out", str(run), *student, "--student-decoder-layers", dec, "--steps", str(steps),
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", "1", "--save-every", "1000",
                "--device", args.device, "--json", *CONFIGS[name]]
         print("$", " ".join(cmd[2:]), flush=True)
