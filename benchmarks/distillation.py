@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +94,25 @@ def epoch_seconds(run: Path, steps_per_epoch: int) -> tuple[float, float]:
     return first, (sum(later) / len(later) if later else float("nan"))
 
 
+def train_seconds(run: Path) -> float:
+    """Seconds spent in training steps (teacher-cache filling included), summed over resumed parts."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return sum(r["step_s"] for r in rows if "step_s" in r)
+
+
+def run_timed(cmd: list[str]) -> tuple[dict, float]:
+    """Run a `--json` distill command; returns (its summary, CPU seconds it used).
+
+    CPU seconds, unlike wall time, hardly depend on what else the shared machine runs."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(out), cpu
+
+
 def evaluate_student(model_dir: str, test, memo: MemoEncoder | None, device: str) -> dict:
     from whisper_kdq.evaluate import evaluate_model
     from whisper_kdq.models.refs import load_model
@@ -122,9 +142,13 @@ def main(argv=None) -> int:
     p.add_argument("--epoch-cost", default="", help="instead: time one epoch of CE vs KD+hidden, "
                    "nothing cached beforehand, on --epoch-cost-utts utterances: 4+2 (encoder trains) or 6+2f (frozen)")
     p.add_argument("--epoch-cost-utts", type=int, default=32)
+    p.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
     args = p.parse_args(argv)
     if args.epoch_cost:
         return epoch_cost(args)
+    if args.report_only:
+        write_report(args, json.loads((args.out / "results.json").read_text()), argv, (args.ja + args.en) // args.batch_size)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     train = subset(args.corpus, args.ja, args.en, seed=0)
     steps_per_epoch = (args.ja + args.en) // args.batch_size
@@ -158,10 +182,10 @@ def main(argv=None) -> int:
                 memo = MemoEncoder(load_model(args.teacher, device=args.device).model.model.encoder)
             report = evaluate_student(summary["model"], test, memo, args.device)
             first, later = epoch_seconds(run, steps_per_epoch)
+            wall = train_seconds(run)
             results[key] = {"cer_ja": report["languages"]["ja"]["cer"], "wer_en": report["languages"]["en"]["wer"],
-                            "params": report["params"], "samples_per_s": summary["samples_per_s"],
-                            "train_wall_s": summary["wall_s"], "teacher_s": summary["teacher_s"],
-                            "first_epoch_s": first, "later_step_s": later}
+                            "params": report["params"], "samples_per_s": args.steps * args.batch_size / wall,
+                            "train_wall_s": wall, "first_epoch_s": first, "later_step_s": later}
             results_file.write_text(json.dumps(results, indent=2))
             print(key, results[key], flush=True)
     write_report(args, results, argv, steps_per_epoch)
@@ -181,14 +205,18 @@ def epoch_cost(args) -> int:
     out = {}
     for name in ("ce", "kd+hidden-restrained-dynamic"):
         run = args.out / f"epoch-cost-{args.epoch_cost}-{name}"
+        shutil.rmtree(run, ignore_errors=True)  # timed from scratch
         cmd = [sys.executable, "-m", "whisper_kdq", "distill", "--teacher", args.teacher, "--data", str(data),
                "--out", str(run), *student, "--student-decoder-layers", dec, "--steps", str(steps),
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", "1", "--save-every", "1000",
                "--device", args.device, "--json", *CONFIGS[name]]
         print("$", " ".join(cmd[2:]), flush=True)
-        summary = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        out[name] = {"epoch_s": epoch_seconds(run, steps)[0], "teacher_s": summary["teacher_s"]}
-    out["ratio"] = out["kd+hidden-restrained-dynamic"]["epoch_s"] / out["ce"]["epoch_s"]
+        summary, cpu = run_timed(cmd)
+        out[name] = {"epoch_wall_s": epoch_seconds(run, steps)[0], "teacher_wall_s": summary["teacher_s"],
+                     "process_cpu_s": cpu}
+    a, b = out["kd+hidden-restrained-dynamic"], out["ce"]
+    out["ratio_wall"] = a["epoch_wall_s"] / b["epoch_wall_s"]
+    out["ratio_cpu"] = a["process_cpu_s"] / b["process_cpu_s"]  # whole process: loading and saving included
     (args.out / f"epoch-cost-{args.epoch_cost}.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
     return 0
@@ -205,14 +233,14 @@ def write_report(args, results: dict, argv, steps_per_epoch: int) -> None:
              "|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         student, name = key.split(" ", 1)
+        run = args.out / f"{student}-{name}"
+        wall = train_seconds(run) if run.is_dir() else r["train_wall_s"]
         lines.append(f"| {student} | {name} | {r['params'] / 1e6:.1f} | {100 * r['cer_ja']:.2f} | {100 * r['wer_en']:.2f} "
-                     f"| {r['samples_per_s']:.2f} | {r['train_wall_s']:.0f} | {r['first_epoch_s']:.0f} |")
-    for student in args.students.split(","):
-        a, b = results.get(f"{student} kd+hidden-restrained-dynamic"), results.get(f"{student} ce")
-        if a and b and a["teacher_s"] > 0:  # only where the teacher cache was filled in this run
-            lines.append(f"\n{student}: first-epoch cost, distillation (teacher cache filled) / plain fine-tuning = "
-                         f"{a['first_epoch_s'] / b['first_epoch_s']:.2f}; later steps "
-                         f"{a['later_step_s'] / b['later_step_s']:.2f}.")
+                     f"| {args.steps * args.batch_size / wall:.2f} | {wall:.0f} | {r['first_epoch_s']:.0f} |")
+    for cost in sorted(args.out.glob("epoch-cost-*.json")):
+        c = json.loads(cost.read_text())
+        lines.append(f"\n{cost.stem}: one epoch from scratch, distillation (CE+KD+hidden) / plain fine-tuning: "
+                     f"{c['ratio_cpu']:.2f}x CPU seconds, {c['ratio_wall']:.2f}x wall.")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
