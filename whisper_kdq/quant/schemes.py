@@ -8,6 +8,7 @@ chosen, so packing, the checkpoint and fake-quant training share one code path.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -137,19 +138,19 @@ def from_groups(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 # Schemes
 
 
-class Quantizer:
+class Quantizer(ABC):
     """Maps float groups to codes and back. Subclasses define the table and the unclipped range."""
 
     def __init__(self, spec: QuantSpec) -> None:
         self.spec = spec
 
+    @abstractmethod
     def table(self) -> torch.Tensor:
         """float32 [2**bits]: the level of each code, in units of the group's scale."""
-        raise NotImplementedError
 
+    @abstractmethod
     def range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Unclipped (scale, offset) per group of `x` [G, L] (NaN entries are padding)."""
-        raise NotImplementedError
 
     def clip(self, x: torch.Tensor, ratio: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(scale, offset) with the range shrunk to `ratio` of the maximum, rounded to fp16 (as stored)."""
