@@ -1,7 +1,7 @@
 """Distillation vs plain fine-tuning on the synthesized corpus, with the whisper-base teacher.
 
-    python benchmarks/distillation.py [--corpus corpus] [--out runs/distill-bench] [--steps 40]
-        [--ja 150 --en 90] [--students 6+2,6+1] [--configs kd+hidden-restrained-dynamic,ce,kd,...]
+    python benchmarks/distillation.py [--corpus corpus] [--out runs/distill-bench] [--steps 300]
+        [--ja 570 --en 325] [--lr 1e-4] [--students 6+2,6+1] [--configs kd+hidden-restrained-dynamic,ce,kd,...]
 
 Students are cut from the teacher: the whole encoder (frozen; its output is cached and shared with
 the teacher) and 2 (or 1) of the 6 decoder blocks. Every configuration trains on the same
@@ -144,11 +144,11 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", type=Path, default=ROOT / "corpus")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "distill-bench")
     p.add_argument("--teacher", default="base")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--ja", type=int, default=150)
-    p.add_argument("--en", type=int, default=90)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--ja", type=int, default=570, help="Japanese training utterances (570: the whole train split)")
+    p.add_argument("--en", type=int, default=325, help="English training utterances (325: the whole train split)")
     p.add_argument("--students", default="6+2,6+1", help="frozen encoder + N decoder blocks, e.g. 6+2,6+1")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--device", default="cpu")
@@ -239,7 +239,7 @@ def epoch_cost(args) -> int:
 
 def write_report(args, results: dict, argv, steps_per_epoch: int) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs); "
+    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU; "
              f"date {time.strftime('%Y-%m-%d')}; commit {commit.strip()}.",
              f"Command: `python benchmarks/distillation.py {' '.join(argv or sys.argv[1:])}`",
              f"Training: {args.ja} ja + {args.en} en utterances of the train split, {args.steps} steps of "

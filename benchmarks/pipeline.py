@@ -2,14 +2,17 @@
 post-training quantization, distilled students, joint distillation + quantization-aware training,
 and guided vs random vs all-layers selection at the same size.
 
-    python benchmarks/pipeline.py [--corpus corpus] [--out runs/pipeline] [--steps 40] [--ja 150 --en 90]
+    python benchmarks/pipeline.py [--corpus corpus] [--out runs/pipeline] [--steps 300] [--ja 570 --en 325]
                                   [--rows NAME,...] [--quick] [--device auto]
 
 Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in results.json as soon as
 it is done: re-running skips finished rows and resumes unfinished training runs. Writes
-results.json (with machine, date, commit), results.md and pareto.png in --out. On 2 CPU cores the
-default settings (240 training utterances, 40 steps per student, 150 test clips) take about 1.5 h;
-on a GPU raise --steps, --ja/--en and --batch-size.
+results.json (with machine, date, commit), results.md and pareto.png in --out. The defaults (the
+whole train split, 895 utterances; 300 steps of 8 per student at lr 1e-4: the settings under which
+docs/DISTILL.md's students learn) are estimated at about 1 h 45 min on 2 idle CPU cores from the
+measured parts (teacher cache ~10 min once, ~5 min training + ~2 min evaluation per student, ~3 min
+per PTQ row, plus ~5 min of encoder outputs per quantization-aware run); on a GPU raise --steps,
+--ja/--en and --batch-size.
 """
 
 from __future__ import annotations
@@ -175,11 +178,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", type=Path, default=ROOT / "corpus")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "pipeline")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--ja", type=int, default=150)
-    p.add_argument("--en", type=int, default=90)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--ja", type=int, default=570)
+    p.add_argument("--en", type=int, default=325)
     p.add_argument("--decoder-layers", type=int, default=2)
     p.add_argument("--target-ratio", type=float, default=10.5)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
