@@ -68,11 +68,12 @@ class Pipeline:
             self.cli("quantize", "--model", model, "--out", str(target), *flags)
         return str(target)
 
-    def distill(self, name: str, *flags: str) -> tuple[str, float]:
+    def distill(self, name: str, *flags: str, decoder_layers: int | None = None, lr: float | None = None) -> tuple[str, float]:
         a = self.a
         summary = self.cli("distill", "--teacher", "base", "--data", str(self.train), "--out", str(self.out / name),
-                           "--freeze-encoder", "--student-decoder-layers", str(a.decoder_layers), "--steps", str(a.steps),
-                           "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--warmup", str(max(1, a.steps // 4)),
+                           "--freeze-encoder", "--student-decoder-layers", str(decoder_layers or a.decoder_layers),
+                           "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(lr or a.lr),
+                           "--warmup", str(max(1, a.steps // 4)),
                            "--save-every", str(max(1, a.steps // 2)), "--device", a.device,
                            "--teacher-cache", str(self.out / "teacher-cache.pt"), *flags)
         return summary["model"], summary["wall_s"]
@@ -103,6 +104,15 @@ class Pipeline:
                 "base", "teacher-u4c", "--bits", "4", "--group-size", "channel")), 0.0),
             "teacher APoT 4-bit g128": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-a4g128", "--bits", "4", "--scheme", "apot")), 0.0),
+            # Mixed precision on the whole teacher: the sensitive encoder at 8 bits (frozen, post-training),
+            # decoder + token embedding at 4 bits g128 (5.67x vs fp32); then the same plan with the
+            # decoder (all 6 blocks, from the teacher) trained quantization-aware with KD + hidden KD.
+            "teacher PTQ enc 8-bit + dec/emb 4-bit g128": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-e8d4", "--bits", "4", "--encoder-bits", "8")), 0.0),
+            "teacher KD+QAT enc 8-bit (PTQ) + dec/emb 4-bit g128": lambda: self._trained(
+                "teacher-qat-e8d4", "--kd", "1", "--hidden", "1", "--matching", "static",
+                "--plan", self._uniform_plan("uniform", 4, "--encoder-bits", "8"),
+                decoder_layers=6, lr=self.a.qat_lr),
             "student CE only": lambda: self._trained("student-ce", "--kd", "0"),
             "student KD": lambda: self._trained("student-kd", "--kd", "1", "--hidden", "1"),
             "student KD + PTQ 4-bit g128": lambda: (self.evaluate(self.quantize(
@@ -121,15 +131,15 @@ class Pipeline:
             "CTranslate2 export of the best compressed model": self._ct2_best,
         }
 
-    def _trained(self, name: str, *flags: str) -> tuple[dict, float]:
-        model, wall = self.distill(name, *flags)
+    def _trained(self, name: str, *flags: str, **kw) -> tuple[dict, float]:
+        model, wall = self.distill(name, *flags, **kw)
         return self.evaluate(model), wall
 
-    def _uniform_plan(self, scheme: str, bits: int) -> str:
-        target = self.out / f"plan-{scheme}{bits}.json"
+    def _uniform_plan(self, scheme: str, bits: int, *flags: str) -> str:
+        target = self.out / f"plan-{scheme}{bits}{''.join(flags).replace('--', '-')}.json"
         if not target.is_file():
             self.cli("quantize", "--model", "base", "--bits", str(bits), "--scheme", scheme, "--dry-run",
-                     "--save-plan", str(target))
+                     "--save-plan", str(target), *flags)
         return str(target)
 
     def _ct2_best(self) -> tuple[dict, float]:
@@ -184,6 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--ja", type=int, default=570)
     p.add_argument("--en", type=int, default=325)
     p.add_argument("--decoder-layers", type=int, default=2)
+    p.add_argument("--qat-lr", type=float, default=5e-5, help="lr of the whole-decoder KD+QAT row (starts from the teacher)")
     p.add_argument("--target-ratio", type=float, default=10.5)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
     p.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
