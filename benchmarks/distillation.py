@@ -239,7 +239,7 @@ def epoch_cost(args) -> int:
 
 def write_report(args, results: dict, argv, steps_per_epoch: int) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU; "
+    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, device {args.device}; "
              f"date {time.strftime('%Y-%m-%d')}; commit {commit.strip()}.",
              f"Command: `python benchmarks/distillation.py {' '.join(argv or sys.argv[1:])}`",
              f"Training: {args.ja} ja + {args.en} en utterances of the train split, {args.steps} steps of "

@@ -3,7 +3,7 @@ post-training quantization, distilled students, joint distillation + quantizatio
 and guided vs random vs all-layers selection at the same size.
 
     python benchmarks/pipeline.py [--corpus corpus] [--out runs/pipeline] [--steps 300] [--ja 570 --en 325]
-                                  [--rows NAME,...] [--quick] [--device auto]
+                                  [--rows NAME,...] [--qat-lr 5e-5] [--device auto]
 
 Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in results.json as soon as
 it is done: re-running skips finished rows and resumes unfinished training runs. Writes
