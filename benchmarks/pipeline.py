@@ -3,7 +3,7 @@ post-training quantization, distilled students, joint distillation + quantizatio
 and guided vs random vs all-layers selection at the same size.
 
     python benchmarks/pipeline.py [--corpus corpus] [--out runs/pipeline] [--steps 300] [--ja 570 --en 325]
-                                  [--rows NAME,...] [--qat-lr 5e-5] [--device auto]
+                                  [--rows NAME,...] [--qat-lr 5e-5] [--qat-ce 0] [--device auto]
 
 Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in results.json as soon as
 it is done: re-running skips finished rows and resumes unfinished training runs. Writes
@@ -109,10 +109,17 @@ class Pipeline:
             # decoder (all 6 blocks, from the teacher) trained quantization-aware with KD + hidden KD.
             "teacher PTQ enc 8-bit + dec/emb 4-bit g128": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-e8d4", "--bits", "4", "--encoder-bits", "8")), 0.0),
-            "teacher KD+QAT enc 8-bit (PTQ) + dec/emb 4-bit g128": lambda: self._trained(
-                "teacher-qat-e8d4", "--kd", "1", "--hidden", "1", "--matching", "static",
-                "--plan", self._uniform_plan("uniform", 4, "--encoder-bits", "8"),
-                decoder_layers=6, lr=self.a.qat_lr),
+            "teacher KD+QAT enc 8-bit (PTQ) + dec/emb 4-bit g128": lambda: self._teacher_qat(
+                "teacher-qat-e8d4-kd", "--encoder-bits", "8"),
+            # At or under 5.2x with (near) 6-bit decoders, and under the q4_0 size (4.5 bits/weight).
+            "teacher PTQ 6-bit g128 + emb 4-bit": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-u6-emb4", "--bits", "6", "--embedding-bits", "4")), 0.0),
+            "teacher PTQ enc 8-bit + dec 5-bit + emb 4-bit": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-e8d5-emb4", "--bits", "5", "--encoder-bits", "8", "--embedding-bits", "4")), 0.0),
+            "teacher PTQ enc 5-bit + dec/emb 4-bit g128": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-e5d4", "--bits", "4", "--encoder-bits", "5")), 0.0),
+            "teacher KD+QAT enc 5-bit (PTQ) + dec/emb 4-bit g128": lambda: self._teacher_qat(
+                "teacher-qat-e5d4-kd", "--encoder-bits", "5"),
             "student CE only": lambda: self._trained("student-ce", "--kd", "0"),
             "student KD": lambda: self._trained("student-kd", "--kd", "1", "--hidden", "1"),
             "student KD + PTQ 4-bit g128": lambda: (self.evaluate(self.quantize(
@@ -134,6 +141,12 @@ class Pipeline:
     def _trained(self, name: str, *flags: str, **kw) -> tuple[dict, float]:
         model, wall = self.distill(name, *flags, **kw)
         return self.evaluate(model), wall
+
+    def _teacher_qat(self, name: str, *plan_flags: str) -> tuple[dict, float]:
+        """The whole teacher decoder trained quantization-aware to mimic the teacher (logits + block outputs,
+        --qat-ce on the references), the encoder quantized post-training and frozen."""
+        return self._trained(name, "--ce", str(self.a.qat_ce), "--kd", "1", "--hidden", "1", "--matching", "static",
+                             "--plan", self._uniform_plan("uniform", 4, *plan_flags), decoder_layers=6, lr=self.a.qat_lr)
 
     def _uniform_plan(self, scheme: str, bits: int, *flags: str) -> str:
         target = self.out / f"plan-{scheme}{bits}{''.join(flags).replace('--', '-')}.json"
@@ -195,6 +208,8 @@ def main(argv=None) -> int:
     p.add_argument("--en", type=int, default=325)
     p.add_argument("--decoder-layers", type=int, default=2)
     p.add_argument("--qat-lr", type=float, default=5e-5, help="lr of the whole-decoder KD+QAT row (starts from the teacher)")
+    p.add_argument("--qat-ce", type=float, default=0.0,
+                   help="cross-entropy weight of the whole-decoder KD+QAT rows (0: mimic the teacher only)")
     p.add_argument("--target-ratio", type=float, default=10.5)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
     p.add_argument("--rows", default=None, help="comma-separated row names (default: all)")

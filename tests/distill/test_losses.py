@@ -26,6 +26,29 @@ def test_logit_kd_is_zero_for_identical_logits_and_positive_otherwise():
     assert torch.allclose(logit_kd(changed, ids, raw, mask, 1.0), kl)
 
 
+def test_logit_kd_on_a_partial_support_is_zero_only_for_the_teacher_itself():
+    # The cache keeps k << vocabulary tokens: a student equal to the teacher must still cost nothing,
+    # at any temperature, and a student that moves mass into the tail must cost something.
+    gen = torch.Generator().manual_seed(1)
+    logits = 3 * torch.randn(2, 4, 500, generator=gen)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    raw, ids = logits.topk(8, dim=-1)
+    logprobs = logits.log_softmax(-1).gather(-1, ids)
+    for t in (1.0, 2.0, 4.0):
+        assert logit_kd(logits, ids, raw, mask, t, logprobs).abs() < 1e-4
+    tail = logits.clone()
+    tail.scatter_(-1, ids, raw - 2.0)  # same shape within the support, less mass on it
+    assert logit_kd(tail, ids, raw, mask, 2.0).abs() < 1e-4  # within-support part alone cannot see it
+    assert logit_kd(tail, ids, raw, mask, 2.0, logprobs) > 0.05
+    # On a full support the tail term vanishes and the loss is T^2 KL.
+    full_raw, full_ids = logits.topk(500, dim=-1)
+    other = logits + torch.randn(2, 4, 500, generator=gen)
+    p, q = (logits / 2).log_softmax(-1), (other / 2).log_softmax(-1)
+    expected = 4 * (p.exp() * (p - q)).sum(-1).mean()
+    got = logit_kd(other, full_ids, full_raw, mask, 2.0, logits.log_softmax(-1).gather(-1, full_ids))
+    assert torch.allclose(got, expected, atol=1e-3)
+
+
 def test_cross_entropy_ignores_padding_labels():
     logits = torch.randn(1, 3, 10)
     labels = torch.tensor([[1, -100, 2]])

@@ -1,9 +1,13 @@
 """Distillation losses, each a mean over reference tokens so that weights mean the same at any batch size.
 
 - `cross_entropy`: the student against the (reference or pseudo-label) transcript;
-- `logit_kd`: KL(teacher ‖ student) at temperature T, times T², on the teacher's top-k tokens
-  (the cache keeps k log-probs per position; the teacher's mass outside them is dropped and the
-  rest renormalised — with k = 64 that mass is negligible for a confident teacher);
+- `logit_kd`: KL(teacher ‖ student) on the teacher's top-k tokens plus one bucket for the rest of the
+  vocabulary. The cache keeps only k logits per position, so the teacher's distribution at T ≠ 1 is
+  known only within those k: the loss is T² · KL within the support (both renormalised on it, at T)
+  plus the binary KL of the mass on the support vs the tail (at T = 1, where it is known exactly).
+  Both are zero when the student equals the teacher. (Comparing the teacher renormalised on k tokens
+  with the student normalised on the whole vocabulary, as before 2026-11-30, is not: at T = 2 the
+  teacher's tail over 51,865 tokens is most of the mass, so that loss mostly pushed the tail down.)
 - `hidden_kd`: normalised MSE between student block outputs and their matched teacher blocks
   (or the paper's softmax-MSE: both passed through a softmax over features at temperature T),
   matched per batch by `distill.matching` (static, dynamic, restrained-dynamic).
@@ -53,13 +57,26 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def logit_kd(logits: torch.Tensor, topk_ids: torch.Tensor, topk_raw: torch.Tensor, mask: torch.Tensor,
-             temperature: float) -> torch.Tensor:
-    """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)) on the teacher's top-k support, mean over masked positions."""
+             temperature: float, topk_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    """T² · KL within the teacher's top-k support at temperature T (+ the support/tail binary KL at T = 1 when
+    `topk_logprobs`, the teacher's full-vocabulary log-probs of those tokens, are given); mean over masked positions."""
     t = temperature
-    log_q = F.log_softmax(logits.float() / t, dim=-1).gather(-1, topk_ids)  # student, full-vocab normalised
-    log_p = F.log_softmax(topk_raw.float() / t, dim=-1)  # teacher, renormalised on its top-k
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return t * t * kl[mask].mean()
+    z = logits.float()
+    z_sup = z.gather(-1, topk_ids)
+    log_q = F.log_softmax(z_sup / t, dim=-1)  # student, renormalised on the teacher's support
+    log_p = F.log_softmax(topk_raw.float() / t, dim=-1)  # teacher, the same
+    kl = t * t * (log_p.exp() * (log_p - log_q)).sum(-1)
+    if topk_logprobs is not None:
+        log_p_in = torch.logsumexp(topk_logprobs.float(), dim=-1).clamp(max=-1e-7)
+        log_q_in = (torch.logsumexp(z_sup, dim=-1) - torch.logsumexp(z, dim=-1)).clamp(max=-1e-7)
+        log_p_out, log_q_out = _log1mexp(log_p_in), _log1mexp(log_q_in)
+        kl = kl + log_p_in.exp() * (log_p_in - log_q_in) + log_p_out.exp() * (log_p_out - log_q_out)
+    return kl[mask].mean()
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0, stable at both ends."""
+    return torch.where(x > -0.693, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
 def layer_costs(student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None,

@@ -158,7 +158,8 @@ class Trainer:
             out = self.model(**kwargs)
         terms = {"ce": cross_entropy(out.logits, batch.labels)}
         if self.w.kd > 0:
-            terms["kd"] = logit_kd(out.logits, cached["topk_ids"], cached["topk_raw"], batch.mask, self.w.temperature)
+            terms["kd"] = logit_kd(out.logits, cached["topk_ids"], cached["topk_raw"], batch.mask, self.w.temperature,
+                                  cached["topk_logprobs"])
         if want_hidden:
             teacher_h = [self.proj(h) for h in cached["decoder_hidden"]]
             only = (self.hooks.distill_layers or {}).get("decoder")
