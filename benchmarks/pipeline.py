@@ -78,13 +78,20 @@ class Pipeline:
                            "--teacher-cache", str(self.out / "teacher-cache.pt"), *flags)
         return summary["model"], summary["wall_s"]
 
-    def plan(self, name: str, *flags: str) -> str:
+    def plan(self, name: str, *flags: str, model: str | None = None) -> str:
+        """select-layers on the dev split; the student's blocks are matched to the teacher's unless `model` is given."""
         target = self.out / f"plan-{name}.json"
         if not target.is_file():
-            self.cli("select-layers", "--model", self.student_float(), "--teacher", "base", "--calibration",
-                     str(self.manifest), "--split", "dev", "--limit", "8", "--out", str(target), "--device", self.a.device,
-                     *flags)
+            who = ["--model", model] if model else ["--model", self.student_float(), "--teacher", "base"]
+            self.cli("select-layers", *who, "--calibration", str(self.manifest), "--split", "dev", "--limit", "8",
+                     "--out", str(target), "--device", self.a.device, *flags)
         return str(target)
+
+    def _q4_0_plan(self, strategy: str) -> str:
+        """4-bit g128 layers with some raised to 6 bits, at the size of the teacher's RTN 4-bit g32 file."""
+        mb = self.results.get("teacher RTN 4-bit g32 (q4_0 size)", {}).get("size_bytes", 45_122_748) / 1e6
+        return self.plan(f"teacher-{strategy}-q4_0", "--strategy", strategy, "--low-bits", "4", "--high-bits", "6",
+                         "--group-size", "128", "--target-mb", f"{mb:.4f}", model="base")
 
     def student_float(self) -> str:
         return str(self.out / "student-kd" / "model")
@@ -118,8 +125,15 @@ class Pipeline:
                 "base", "teacher-e8d5-emb4", "--bits", "5", "--encoder-bits", "8", "--embedding-bits", "4")), 0.0),
             "teacher PTQ enc 5-bit + dec/emb 4-bit g128": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-e5d4", "--bits", "4", "--encoder-bits", "5")), 0.0),
-            "teacher KD+QAT enc 5-bit (PTQ) + dec/emb 4-bit g128": lambda: self._teacher_qat(
-                "teacher-qat-e5d4-kd", "--encoder-bits", "5"),
+            # The q4_0-size comparison: the same 4-bit g32 plan as the RTN row, the decoder trained.
+            "teacher KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)": lambda: self._teacher_qat(
+                "teacher-qat-u4g32-kd", "--group-size", "32"),
+            # Guided vs random selection on the teacher itself (no distillation: the quantization losses alone
+            # guide), at the q4_0 size, post-training.
+            "teacher guided 4/6-bit PTQ (q4_0 size)": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-guided-q4_0", "--plan", self._q4_0_plan("guided"))), 0.0),
+            "teacher random 4/6-bit PTQ (q4_0 size)": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-random-q4_0", "--plan", self._q4_0_plan("random"))), 0.0),
             "student CE only": lambda: self._trained("student-ce", "--kd", "0"),
             "student KD": lambda: self._trained("student-kd", "--kd", "1", "--hidden", "1"),
             "student KD + PTQ 4-bit g128": lambda: (self.evaluate(self.quantize(
