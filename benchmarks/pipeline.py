@@ -117,17 +117,19 @@ class Pipeline:
             "teacher PTQ enc 8-bit + dec/emb 4-bit g128": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-e8d4", "--bits", "4", "--encoder-bits", "8")), 0.0),
             "teacher KD+QAT enc 8-bit (PTQ) + dec/emb 4-bit g128": lambda: self._teacher_qat(
-                "teacher-qat-e8d4-kd", "--encoder-bits", "8"),
+                "teacher-qat-e8d4-kd", 4, "--encoder-bits", "8"),
             # At or under 5.2x with (near) 6-bit decoders, and under the q4_0 size (4.5 bits/weight).
             "teacher PTQ 6-bit g128 + emb 4-bit": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-u6-emb4", "--bits", "6", "--embedding-bits", "4")), 0.0),
             "teacher PTQ enc 8-bit + dec 5-bit + emb 4-bit": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-e8d5-emb4", "--bits", "5", "--encoder-bits", "8", "--embedding-bits", "4")), 0.0),
+            "teacher KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit": lambda: self._teacher_qat(
+                "teacher-qat-e8d5-emb4-kd", 5, "--encoder-bits", "8", "--embedding-bits", "4"),
             "teacher PTQ enc 5-bit + dec/emb 4-bit g128": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-e5d4", "--bits", "4", "--encoder-bits", "5")), 0.0),
             # The q4_0-size comparison: the same 4-bit g32 plan as the RTN row, the decoder trained.
             "teacher KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)": lambda: self._teacher_qat(
-                "teacher-qat-u4g32-kd", "--group-size", "32"),
+                "teacher-qat-u4g32-kd", 4, "--group-size", "32"),
             # Guided vs random selection on the teacher itself (no distillation: the quantization losses alone
             # guide), at the q4_0 size, post-training.
             "teacher guided 4/6-bit PTQ (q4_0 size)": lambda: (self.evaluate(self.quantize(
@@ -156,11 +158,11 @@ class Pipeline:
         model, wall = self.distill(name, *flags, **kw)
         return self.evaluate(model), wall
 
-    def _teacher_qat(self, name: str, *plan_flags: str) -> tuple[dict, float]:
+    def _teacher_qat(self, name: str, bits: int, *plan_flags: str) -> tuple[dict, float]:
         """The whole teacher decoder trained quantization-aware to mimic the teacher (logits + block outputs,
         --qat-ce on the references), the encoder quantized post-training and frozen."""
         return self._trained(name, "--ce", str(self.a.qat_ce), "--kd", "1", "--hidden", "1", "--matching", "static",
-                             "--plan", self._uniform_plan("uniform", 4, *plan_flags), decoder_layers=6, lr=self.a.qat_lr)
+                             "--plan", self._uniform_plan("uniform", bits, *plan_flags), decoder_layers=6, lr=self.a.qat_lr)
 
     def _uniform_plan(self, scheme: str, bits: int, *flags: str) -> str:
         target = self.out / f"plan-{scheme}{bits}{''.join(flags).replace('--', '-')}.json"
