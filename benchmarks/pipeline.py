@@ -3,16 +3,17 @@ post-training quantization, distilled students, joint distillation + quantizatio
 and guided vs random vs all-layers selection at the same size.
 
     python benchmarks/pipeline.py [--corpus corpus] [--out runs/pipeline] [--steps 300] [--ja 570 --en 325]
-                                  [--rows NAME,...] [--qat-lr 5e-5] [--qat-ce 0] [--device auto]
+                                  [--rows NAME,...|all] [--qat-lr 5e-5] [--qat-ce 0] [--device auto]
 
 Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in results.json as soon as
 it is done: re-running skips finished rows and resumes unfinished training runs. Writes
-results.json (with machine, date, commit), results.md and pareto.png in --out. The defaults (the
-whole train split, 895 utterances; 300 steps of 8 per student at lr 1e-4: the settings under which
-docs/DISTILL.md's students learn) are estimated at about 1 h 45 min on 2 idle CPU cores from the
-measured parts (teacher cache ~10 min once, ~5 min training + ~2 min evaluation per student, ~3 min
-per PTQ row, plus ~5 min of encoder outputs per quantization-aware run); on a GPU raise --steps,
---ja/--en and --batch-size.
+results.json (with machine, date, commit), results.md and pareto.png in --out. The default rows with
+the default settings (the whole train split, 895 utterances; 300 steps of 8 per student at lr 1e-4:
+the settings under which docs/DISTILL.md's students learn) are estimated at about 1 h 45 min on 2 idle
+CPU cores from the measured parts (teacher cache ~10 min once, ~5 min training + ~2 min evaluation per
+student, ~3 min per PTQ row, plus ~5 min of encoder outputs per quantization-aware run). EXTRA_ROWS,
+studies on the whole teacher, add ~3 min per post-training row and ~25 min per KD+QAT row (measured
+2026-11-30); run them by name or with --rows all. On a GPU raise --steps, --ja/--en and --batch-size.
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from distillation import subset  # noqa: E402
 
 FP32_TEACHER_BYTES = 4 * 72_593_920  # whisper-base parameters, fp32
+
+# Studies on the whole teacher beyond the issue's rows: each quantization-aware one is ~25 min on 2 CPU
+# cores, so they run only when named (or with --rows all), keeping the default run under 2 hours.
+EXTRA_ROWS = (
+    "teacher RTN 6-bit g128 (embedding 5-bit)",
+    "teacher PTQ enc 8-bit + dec/emb 4-bit g128",
+    "teacher KD+QAT enc 8-bit (PTQ) + dec/emb 4-bit g128",
+    "teacher PTQ 6-bit g128 + emb 4-bit",
+    "teacher PTQ enc 8-bit + dec 5-bit + emb 4-bit",
+    "teacher KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit",
+    "teacher PTQ enc 5-bit + dec/emb 4-bit g128",
+    "teacher KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)",
+    "teacher guided 4/6-bit PTQ (q4_0 size)",
+    "teacher random 4/6-bit PTQ (q4_0 size)",
+)
 
 
 class Pipeline:
@@ -228,12 +244,18 @@ def main(argv=None) -> int:
                    help="cross-entropy weight of the whole-decoder KD+QAT rows (0: mimic the teacher only)")
     p.add_argument("--target-ratio", type=float, default=10.5)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
-    p.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated row names, or 'all' (default: the issue's rows, without the extra teacher studies)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     pipeline = Pipeline(args)
-    names = list(pipeline.rows()) if args.rows is None else [n.strip() for n in args.rows.split(",")]
-    unknown = [n for n in names if n not in pipeline.rows()]
+    if args.rows is None:
+        names = [n for n in pipeline.rows() if n not in EXTRA_ROWS]
+    elif args.rows.strip() == "all":
+        names = list(pipeline.rows())
+    else:
+        names = [n.strip() for n in args.rows.split(",")]
+    unknown = [n for n in names + list(EXTRA_ROWS) if n not in pipeline.rows()]
     if unknown:
         print(f"error: unknown row {unknown[0]!r}", file=sys.stderr)
         return 2
