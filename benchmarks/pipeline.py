@@ -3,7 +3,7 @@ post-training quantization, distilled students, joint distillation + quantizatio
 and guided vs random vs all-layers selection at the same size.
 
     python benchmarks/pipeline.py [--corpus corpus] [--out runs/pipeline] [--steps 300] [--ja 570 --en 325]
-                                  [--rows NAME,...|all] [--qat-lr 5e-5] [--qat-ce 0] [--device auto]
+                                  [--rows NAME,...|all] [--qat-lr 5e-5] [--device auto]
 
 Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in results.json as soon as
 it is done: re-running skips finished rows and resumes unfinished training runs. Writes
@@ -44,7 +44,8 @@ EXTRA_ROWS = (
     "teacher PTQ enc 8-bit + dec 5-bit + emb 4-bit",
     "teacher KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit",
     "teacher PTQ enc 5-bit + dec/emb 4-bit g128",
-    "teacher KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)",
+    "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)",
+    "teacher CE+KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit",
     "teacher guided 4/6-bit PTQ (q4_0 size)",
     "teacher random 4/6-bit PTQ (q4_0 size)",
 )
@@ -141,11 +142,13 @@ class Pipeline:
                 "base", "teacher-e8d5-emb4", "--bits", "5", "--encoder-bits", "8", "--embedding-bits", "4")), 0.0),
             "teacher KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit": lambda: self._teacher_qat(
                 "teacher-qat-e8d5-emb4-kd", 5, "--encoder-bits", "8", "--embedding-bits", "4"),
+            "teacher CE+KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit": lambda: self._teacher_qat(
+                "teacher-qat-e8d5-emb4-cekd", 5, "--encoder-bits", "8", "--embedding-bits", "4", ce=1.0),
             "teacher PTQ enc 5-bit + dec/emb 4-bit g128": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-e5d4", "--bits", "4", "--encoder-bits", "5")), 0.0),
             # The q4_0-size comparison: the same 4-bit g32 plan as the RTN row, the decoder trained.
-            "teacher KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)": lambda: self._teacher_qat(
-                "teacher-qat-u4g32-kd", 4, "--group-size", "32"),
+            "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)": lambda: self._teacher_qat(
+                "teacher-qat-u4g32-cekd", 4, "--group-size", "32", ce=1.0),
             # Guided vs random selection on the teacher itself (no distillation: the quantization losses alone
             # guide), at the q4_0 size, post-training.
             "teacher guided 4/6-bit PTQ (q4_0 size)": lambda: (self.evaluate(self.quantize(
@@ -174,10 +177,10 @@ class Pipeline:
         model, wall = self.distill(name, *flags, **kw)
         return self.evaluate(model), wall
 
-    def _teacher_qat(self, name: str, bits: int, *plan_flags: str) -> tuple[dict, float]:
-        """The whole teacher decoder trained quantization-aware to mimic the teacher (logits + block outputs,
-        --qat-ce on the references), the encoder quantized post-training and frozen."""
-        return self._trained(name, "--ce", str(self.a.qat_ce), "--kd", "1", "--hidden", "1", "--matching", "static",
+    def _teacher_qat(self, name: str, bits: int, *plan_flags: str, ce: float = 0.0) -> tuple[dict, float]:
+        """The whole teacher decoder trained quantization-aware to mimic the teacher (logits + block outputs;
+        `ce` > 0 adds cross-entropy on the references), the encoder quantized post-training and frozen."""
+        return self._trained(name, "--ce", str(ce), "--kd", "1", "--hidden", "1", "--matching", "static",
                              "--plan", self._uniform_plan("uniform", bits, *plan_flags), decoder_layers=6, lr=self.a.qat_lr)
 
     def _uniform_plan(self, scheme: str, bits: int, *flags: str) -> str:
@@ -240,8 +243,6 @@ def main(argv=None) -> int:
     p.add_argument("--en", type=int, default=325)
     p.add_argument("--decoder-layers", type=int, default=2)
     p.add_argument("--qat-lr", type=float, default=5e-5, help="lr of the whole-decoder KD+QAT row (starts from the teacher)")
-    p.add_argument("--qat-ce", type=float, default=0.0,
-                   help="cross-entropy weight of the whole-decoder KD+QAT rows (0: mimic the teacher only)")
     p.add_argument("--target-ratio", type=float, default=10.5)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
     p.add_argument("--rows", default=None,
