@@ -33,10 +33,12 @@ def _plot(path: Path, rows: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    palette = plt.get_cmap("tab20").colors
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(rows)}  # one colour per row in both panels
     for ax, key, label in ((axes[0], "cer_ja", "CER ja %"), (axes[1], "wer_en", "WER en %")):
         points = sorted((r["size_bytes"] / 1e6, 100 * r[key], name) for name, r in rows.items())
         for x, y, name in points:
-            ax.scatter(x, y)
+            ax.scatter(x, y, color=colour[name])
             ax.annotate(name, (x, y), fontsize=6)
         front, best = [], float("inf")
         for x, y, _ in points:  # smallest error so far, by increasing size
