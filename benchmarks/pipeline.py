@@ -46,6 +46,9 @@ EXTRA_ROWS = (
     "teacher PTQ enc 5-bit + dec/emb 4-bit g128",
     "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)",
     "teacher CE+KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit",
+    "teacher CE+KD+QAT enc 8-bit + dec 5-bit (emb 4-bit PTQ frozen)",
+    "teacher CE+KD+QAT enc 8-bit + dec 4-bit (emb 4-bit PTQ frozen)",
+    "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)",
     "teacher guided 4/6-bit PTQ (q4_0 size)",
     "teacher random 4/6-bit PTQ (q4_0 size)",
 )
@@ -149,6 +152,15 @@ class Pipeline:
             # The q4_0-size comparison: the same 4-bit g32 plan as the RTN row, the decoder trained.
             "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)": lambda: self._teacher_qat(
                 "teacher-qat-u4g32-cekd", 4, "--group-size", "32", ce=1.0),
+            # The token embedding kept at its post-training codes (--freeze-embedding): trained, all 51,865 rows
+            # drift under Adam and English decoding loops on rare tokens.
+            "teacher CE+KD+QAT enc 8-bit + dec 5-bit (emb 4-bit PTQ frozen)": lambda: self._teacher_qat(
+                "teacher-qat-e8d5-emb4-cekd-fe", 5, "--encoder-bits", "8", "--embedding-bits", "4", ce=1.0,
+                freeze_embedding=True),
+            "teacher CE+KD+QAT enc 8-bit + dec 4-bit (emb 4-bit PTQ frozen)": lambda: self._teacher_qat(
+                "teacher-qat-e8d4-cekd-fe", 4, "--encoder-bits", "8", ce=1.0, freeze_embedding=True),
+            "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)": lambda: self._teacher_qat(
+                "teacher-qat-u4g32-cekd-fe", 4, "--group-size", "32", ce=1.0, freeze_embedding=True),
             # Guided vs random selection on the teacher itself (no distillation: the quantization losses alone
             # guide), at the q4_0 size, post-training.
             "teacher guided 4/6-bit PTQ (q4_0 size)": lambda: (self.evaluate(self.quantize(
@@ -177,11 +189,13 @@ class Pipeline:
         model, wall = self.distill(name, *flags, **kw)
         return self.evaluate(model), wall
 
-    def _teacher_qat(self, name: str, bits: int, *plan_flags: str, ce: float = 0.0) -> tuple[dict, float]:
+    def _teacher_qat(self, name: str, bits: int, *plan_flags: str, ce: float = 0.0,
+                     freeze_embedding: bool = False) -> tuple[dict, float]:
         """The whole teacher decoder trained quantization-aware to mimic the teacher (logits + block outputs;
         `ce` > 0 adds cross-entropy on the references), the encoder quantized post-training and frozen."""
         return self._trained(name, "--ce", str(ce), "--kd", "1", "--hidden", "1", "--matching", "static",
-                             "--plan", self._uniform_plan("uniform", bits, *plan_flags), decoder_layers=6, lr=self.a.qat_lr)
+                             "--plan", self._uniform_plan("uniform", bits, *plan_flags),
+                             *(["--freeze-embedding"] if freeze_embedding else []), decoder_layers=6, lr=self.a.qat_lr)
 
     def _uniform_plan(self, scheme: str, bits: int, *flags: str) -> str:
         target = self.out / f"plan-{scheme}{bits}{''.join(flags).replace('--', '-')}.json"

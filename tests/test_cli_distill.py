@@ -180,3 +180,30 @@ def test_quantization_aware_distillation_writes_a_packed_student(tiny_model_dir,
     bits = {spec["bits"] for spec in packed.info["tensors"].values()}
     assert packed.kind == "packed" and bits == {3, 4}
     assert packed.model.config.decoder_layers == 1
+
+
+def test_freeze_embedding_keeps_the_token_embedding_and_its_quantization(tiny_model_dir, fixture_manifest, tmp_path):
+    from whisper_kdq.models.refs import load_model
+
+    teacher = load_model(str(tiny_model_dir)).model
+    run = tmp_path / "float"
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, run), "--steps", "3", "--freeze-embedding",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    student = load_model(json.loads(result.stdout)["model"]).model
+    emb = "model.decoder.embed_tokens.weight"
+    assert torch.equal(student.state_dict()[emb], teacher.state_dict()[emb])
+    moved = "model.decoder.layers.0.fc1.weight"
+    assert not torch.equal(student.state_dict()[moved], teacher.state_dict()[moved])
+    # Quantization-aware: the embedding's codes and scales stay those of post-training quantization.
+    plan = tmp_path / "plan.json"
+    assert runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--bits", "4", "--dry-run",
+                               "--save-plan", str(plan)]).exit_code == 0
+    ptq = tmp_path / "ptq.safetensors"
+    assert runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--plan", str(plan), "--out", str(ptq)]).exit_code == 0
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "qat"), "--steps", "3",
+                                 "--student-decoder-layers", "2", "--plan", str(plan), "--freeze-embedding", "--json"])
+    assert result.exit_code == 0, result.output
+    qat = load_model(json.loads(result.stdout)["model"]).model.state_dict()
+    assert torch.equal(qat[emb], load_model(str(ptq)).model.state_dict()[emb])
+    assert not torch.equal(qat[moved], load_model(str(ptq)).model.state_dict()[moved])

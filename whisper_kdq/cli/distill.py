@@ -24,6 +24,7 @@ def distill(
     student_encoder_map: Optional[str] = typer.Option(None, help="Cut: explicit teacher encoder layers, e.g. 0,2,5."),
     student_decoder_map: Optional[str] = typer.Option(None, help="Cut: explicit teacher decoder layers, e.g. 0,5."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Copy the whole encoder and train only the decoder (its output is cached)."),
+    freeze_embedding: bool = typer.Option(False, "--freeze-embedding", help="Keep the token embedding / output projection (and its quantization scales) as loaded."),
     eval_data: Optional[Path] = typer.Option(None, help="Dev manifest for periodic evaluation and best-checkpoint choice."),
     split: Optional[str] = typer.Option(None, help="Use only this split of --data (e.g. train)."),
     eval_split: Optional[str] = typer.Option(None, help="Use only this split of --eval-data (e.g. dev)."),
@@ -68,7 +69,7 @@ def distill(
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
                       max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep, eval_every=eval_every,
                       eval_limit=eval_limit, device=dev_name, top_k=top_k, progress=not as_json,
-                      teacher_cache=None if teacher_cache is None else str(teacher_cache))
+                      teacher_cache=None if teacher_cache is None else str(teacher_cache), freeze_embedding=freeze_embedding)
     plan_dict = None
     if plan is not None:
         from whisper_kdq.quant.plan import load_plan

@@ -45,6 +45,9 @@ class TrainConfig:
     top_k: int = 64
     progress: bool = True
     teacher_cache: str | None = None  # file to reuse the teacher's outputs across runs on the same data
+    # With Adam every row of the 51,865-token embedding moves by ~lr per step however small its gradient;
+    # on a few hundred utterances that drifts tokens never seen in training (runaway loops on rare tokens).
+    freeze_embedding: bool = False
 
 
 @dataclass
@@ -96,6 +99,10 @@ class Trainer:
             model.model.encoder.requires_grad_(False)
         if self.hooks.prepare_model:
             model = self.hooks.prepare_model(model)
+        if cfg.freeze_embedding:  # after QAT wrapping, so that the embedding's clipping scales freeze too
+            for name, p in model.named_parameters():
+                if "embed_tokens" in name or "proj_out" in name:
+                    p.requires_grad_(False)
         model.train()
         self.proj = self._projection(model)
         # Encoder hidden-state KD only where the student's encoder trains (a frozen one cannot move).
