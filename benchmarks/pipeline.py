@@ -49,6 +49,7 @@ EXTRA_ROWS = (
     "teacher CE+KD+QAT enc 8-bit + dec 5-bit (emb 4-bit PTQ frozen)",
     "teacher CE+KD+QAT enc 8-bit + dec 4-bit (emb 4-bit PTQ frozen)",
     "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)",
+    "teacher KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)",
     "teacher guided 4/6-bit PTQ (q4_0 size)",
     "teacher random 4/6-bit PTQ (q4_0 size)",
 )
@@ -159,6 +160,8 @@ class Pipeline:
                 freeze_embedding=True),
             "teacher CE+KD+QAT enc 8-bit + dec 4-bit (emb 4-bit PTQ frozen)": lambda: self._teacher_qat(
                 "teacher-qat-e8d4-cekd-fe", 4, "--encoder-bits", "8", ce=1.0, freeze_embedding=True),
+            "teacher KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)": lambda: self._teacher_qat(
+                "teacher-qat-u4g32-kd-fe", 4, "--group-size", "32", freeze_embedding=True),
             "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)": lambda: self._teacher_qat(
                 "teacher-qat-u4g32-cekd-fe", 4, "--group-size", "32", ce=1.0, freeze_embedding=True),
             # Guided vs random selection on the teacher itself (no distillation: the quantization losses alone
