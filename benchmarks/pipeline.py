@@ -11,8 +11,8 @@ results.json (with machine, date, commit), results.md and pareto.png in --out. T
 the default settings (the whole train split, 895 utterances; 300 steps of 8 per student at lr 1e-4:
 the settings under which docs/DISTILL.md's students learn) are estimated at about 1 h 45 min on 2 idle
 CPU cores from the measured parts (teacher cache ~10 min once, ~5 min training + ~2 min evaluation per
-student, ~3 min per PTQ row, plus ~5 min of encoder outputs per quantization-aware run). EXTRA_ROWS,
-studies on the whole teacher, add ~3 min per post-training row and ~25 min per KD+QAT row (measured
+student, ~3 min per PTQ row, plus ~5 min of encoder outputs per quantization-aware run). The studies
+on the whole teacher (`Pipeline.studies`) add ~3 min per post-training row and ~25 min per KD+QAT row (measured
 2026-11-30); run them by name or with --rows all. On a GPU raise --steps, --ja/--en and --batch-size.
 """
 
@@ -33,26 +33,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from distillation import subset  # noqa: E402
 
 FP32_TEACHER_BYTES = 4 * 72_593_920  # whisper-base parameters, fp32
-
-# Studies on the whole teacher beyond the issue's rows: each quantization-aware one is ~25 min on 2 CPU
-# cores, so they run only when named (or with --rows all), keeping the default run under 2 hours.
-EXTRA_ROWS = (
-    "teacher RTN 6-bit g128 (embedding 5-bit)",
-    "teacher PTQ enc 8-bit + dec/emb 4-bit g128",
-    "teacher KD+QAT enc 8-bit (PTQ) + dec/emb 4-bit g128",
-    "teacher PTQ 6-bit g128 + emb 4-bit",
-    "teacher PTQ enc 8-bit + dec 5-bit + emb 4-bit",
-    "teacher KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit",
-    "teacher PTQ enc 5-bit + dec/emb 4-bit g128",
-    "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder PTQ)",
-    "teacher CE+KD+QAT enc 8-bit (PTQ) + dec 5-bit + emb 4-bit",
-    "teacher CE+KD+QAT enc 8-bit + dec 5-bit (emb 4-bit PTQ frozen)",
-    "teacher CE+KD+QAT enc 8-bit + dec 4-bit (emb 4-bit PTQ frozen)",
-    "teacher CE+KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)",
-    "teacher KD+QAT 4-bit g32 (q4_0 size; encoder + emb PTQ frozen)",
-    "teacher guided 4/6-bit PTQ (q4_0 size)",
-    "teacher random 4/6-bit PTQ (q4_0 size)",
-)
 
 
 class Pipeline:
@@ -118,13 +98,15 @@ class Pipeline:
         return str(self.out / "student-kd" / "model")
 
     # ------------------------------------------------------------------ rows
+    # ------------------------------------------------------------------ rows
     def rows(self) -> dict:
-        size = ["--target-ratio", str(self.a.target_ratio), "--ratio-of", "base", "--low-bits", "3", "--high-bits", "4"]
+        """Every row, in run order: the issue's teacher rows, the whole-teacher studies, the students."""
+        return {**self._teacher_rows(), **self.studies(), **self._student_rows()}
+
+    def _teacher_rows(self) -> dict:
         return {
             "teacher fp32": lambda: (self.evaluate("base"), 0.0),
             "teacher RTN 8-bit": lambda: (self.evaluate(self.quantize("base", "teacher-u8", "--bits", "8")), 0.0),
-            "teacher RTN 6-bit g128 (embedding 5-bit)": lambda: (self.evaluate(self.quantize(
-                "base", "teacher-u6", "--bits", "6", "--embedding-bits", "5")), 0.0),
             "teacher RTN 4-bit g128": lambda: (self.evaluate(self.quantize("base", "teacher-u4g128", "--bits", "4")), 0.0),
             "teacher RTN 4-bit g32 (q4_0 size)": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-u4g32", "--bits", "4", "--group-size", "32")), 0.0),
@@ -132,6 +114,14 @@ class Pipeline:
                 "base", "teacher-u4c", "--bits", "4", "--group-size", "channel")), 0.0),
             "teacher APoT 4-bit g128": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-a4g128", "--bits", "4", "--scheme", "apot")), 0.0),
+        }
+
+    def studies(self) -> dict:
+        """Studies on the whole teacher beyond the issue's rows: each quantization-aware one is ~25 min on 2 CPU
+        cores, so they run only when named (or with --rows all), keeping the default run under 2 hours."""
+        return {
+            "teacher RTN 6-bit g128 (embedding 5-bit)": lambda: (self.evaluate(self.quantize(
+                "base", "teacher-u6", "--bits", "6", "--embedding-bits", "5")), 0.0),
             # Mixed precision on the whole teacher: the sensitive encoder at 8 bits (frozen, post-training),
             # decoder + token embedding at 4 bits g128 (5.67x vs fp32); then the same plan with the
             # decoder (all 6 blocks, from the teacher) trained quantization-aware with KD + hidden KD.
@@ -170,6 +160,11 @@ class Pipeline:
                 "base", "teacher-guided-q4_0", "--plan", self._q4_0_plan("guided"))), 0.0),
             "teacher random 4/6-bit PTQ (q4_0 size)": lambda: (self.evaluate(self.quantize(
                 "base", "teacher-random-q4_0", "--plan", self._q4_0_plan("random"))), 0.0),
+        }
+
+    def _student_rows(self) -> dict:
+        size = ["--target-ratio", str(self.a.target_ratio), "--ratio-of", "base", "--low-bits", "3", "--high-bits", "4"]
+        return {
             "student CE only": lambda: self._trained("student-ce", "--kd", "0"),
             "student KD": lambda: self._trained("student-kd", "--kd", "1", "--hidden", "1"),
             "student KD + PTQ 4-bit g128": lambda: (self.evaluate(self.quantize(
@@ -185,6 +180,7 @@ class Pipeline:
             "all layers 3-bit KD+QAT": lambda: self._trained(
                 "student-all3", "--kd", "1", "--hidden", "1", "--plan", self.plan(
                     "all", "--strategy", "all", "--low-bits", "3", "--high-bits", "4")),
+            "CTranslate2 export of the best compressed model": self._ct2_best,
             "CTranslate2 export of the best compressed model": self._ct2_best,
         }
 
@@ -268,12 +264,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     pipeline = Pipeline(args)
     if args.rows is None:
-        names = [n for n in pipeline.rows() if n not in EXTRA_ROWS]
+        names = [n for n in pipeline.rows() if n not in pipeline.studies()]
     elif args.rows.strip() == "all":
         names = list(pipeline.rows())
     else:
         names = [n.strip() for n in args.rows.split(",")]
-    unknown = [n for n in names + list(EXTRA_ROWS) if n not in pipeline.rows()]
+    unknown = [n for n in names if n not in pipeline.rows()]
     if unknown:
         print(f"error: unknown row {unknown[0]!r}", file=sys.stderr)
         return 2

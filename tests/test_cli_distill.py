@@ -205,5 +205,6 @@ def test_freeze_embedding_keeps_the_token_embedding_and_its_quantization(tiny_mo
                                  "--student-decoder-layers", "2", "--plan", str(plan), "--freeze-embedding", "--json"])
     assert result.exit_code == 0, result.output
     qat = load_model(json.loads(result.stdout)["model"]).model.state_dict()
-    assert torch.equal(qat[emb], load_model(str(ptq)).model.state_dict()[emb])
-    assert not torch.equal(qat[moved], load_model(str(ptq)).model.state_dict()[moved])
+    post_training = load_model(str(ptq)).model.state_dict()
+    assert torch.equal(qat[emb], post_training[emb])
+    assert not torch.equal(qat[moved], post_training[moved])
