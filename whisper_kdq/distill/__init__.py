@@ -42,7 +42,8 @@ def describe(student: Student, teacher: LoadedModel, request: DistillRequest) ->
     """What `--dry-run` prints: architecture, parameters, layer map and loss plan."""
     cfg = student.loaded.model.config
     trainable = sum(p.numel() for n, p in student.loaded.model.named_parameters()
-                    if not (student.frozen_encoder and n.startswith("model.encoder.")))
+                    if not (student.frozen_encoder and n.startswith("model.encoder."))
+                    and not (request.train.freeze_embedding and ("embed_tokens" in n or "proj_out" in n)))
     w = request.weights
     return {
         "teacher": {"ref": teacher.ref, "params": teacher.params, "encoder_layers": teacher.model.config.encoder_layers,
