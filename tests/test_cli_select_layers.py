@@ -33,6 +33,9 @@ def test_plan_feeds_quantize_and_predicts_its_size(tiny_model_dir, fixture_manif
 
 def test_bad_options_are_one_line_errors(tiny_model_dir, fixture_manifest):
     result = runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
+                                 "--granularity", "neuron"])
+    assert result.exit_code == 2 and "unknown granularity" in result.output
+    result = runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
                                  "--low-bits", "4", "--high-bits", "3"])
     assert result.exit_code == 2 and "--high-bits" in result.output
     result = runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
@@ -54,3 +57,22 @@ def test_guided_selection_on_whisper_base_meets_its_size_target(fixture_manifest
     low = [u["quant_loss"] / u["params"] for u in units.values() if u["bits"] == 3]
     high = [u["quant_loss"] / u["params"] for u in units.values() if u["bits"] == 4]
     assert low and high and max(low) <= min(high)
+
+
+@pytest.mark.integration
+def test_per_matrix_selection_on_whisper_base_feeds_quantize(fixture_manifest, tmp_path):
+    plan = tmp_path / "plan.json"
+    result = runner.invoke(app, ["select-layers", "--model", "base", "--calibration", str(fixture_manifest),
+                                 "--granularity", "linear", "--low-bits", "4", "--high-bits", "6", "--target-bpw", "4.6",
+                                 "--limit", "2", "--out", str(plan), "--json"])
+    assert result.exit_code == 0, result.output
+    selection = json.loads(result.stdout)["selection"]
+    units = selection["units"]
+    assert len(units) == 2 + 6 * 6 + 6 * 10 and selection["granularity"] == "linear"
+    low = [u["quant_loss"] / u["params"] for u in units if u["bits"] == 4]
+    high = [u["quant_loss"] / u["params"] for u in units if u["bits"] == 6]
+    assert low and high and max(low) <= min(high)
+    ckpt = tmp_path / "q.safetensors"
+    result = runner.invoke(app, ["quantize", "--model", "base", "--plan", str(plan), "--out", str(ckpt), "--json"])
+    assert result.exit_code == 0, result.output
+    assert ckpt.stat().st_size == selection["predicted_bytes"] <= 4.6 * 72_593_920 / 8

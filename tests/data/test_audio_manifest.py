@@ -251,3 +251,10 @@ def test_unknown_format_and_missing_dataset(tmp_path):
         load_dataset(odd)
     with pytest.raises(ManifestError, match="dataset not found"):
         load_dataset(tmp_path / "nothing.jsonl")
+
+
+def test_spread_takes_each_language_in_turn_and_keeps_file_order():
+    data = load_dataset(FIXTURES / "manifest.jsonl", check_audio=False)
+    assert [u.id for u in data.spread(4).utterances] == ["ja1", "ja2", "en1", "en2"]
+    assert [u.id for u in data.spread(3).utterances] == ["ja1", "ja2", "en1"]
+    assert len(data.spread(100).utterances) == len(data.utterances)

@@ -75,3 +75,17 @@ def test_monotone_match_is_the_exact_optimum():
             path = monotone_match(cost)
             assert all(a <= b for a, b in zip(path, path[1:]))
             assert abs(sum(cost[i, j] for i, j in enumerate(path)) - best[0]) < 1e-6
+
+
+def test_per_matrix_units_are_distilled_and_kept_per_block():
+    # Two matrices per block: distillation marks whole blocks, ranked by the sum of their matrices' losses.
+    units = [Unit(f"encoder.{i}.{m}", "encoder", i, f"enc{i}{m}", params=500, quant_loss=q, distill_loss=0.1)
+             for i, pair in enumerate([(0.1, 0.1), (0.05, 0.3), (0.01, 0.02), (0.2, 0.0)]) for m, q in zip("ab", pair)]
+    sel = choose(units, "guided", high=HIGH, low=LOW, size_of=_size(units), low_fraction=0.5)
+    assert sel.as_dict()["distill_layers"]["encoder"] == [0, 1]  # sums 0.2, 0.35, 0.03, 0.2: ties keep order
+    assert {u.name for u in units if u.distill} == {"encoder.0.a", "encoder.0.b", "encoder.1.a", "encoder.1.b"}
+    # The lowest damage per weight goes low first, matrix by matrix, not block by block.
+    assert {u.name for u in units if u.bits == 3} == {"encoder.3.b", "encoder.2.a", "encoder.2.b", "encoder.1.a"}
+    kept = {u.name for u in choose(units, "first-last", high=HIGH, low=LOW, size_of=_size(units), low_fraction=1.0).units
+            if u.bits == 4}
+    assert kept == {"encoder.0.a", "encoder.0.b", "encoder.3.a", "encoder.3.b"}

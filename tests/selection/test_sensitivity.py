@@ -36,3 +36,15 @@ def test_distillation_loss_is_zero_against_itself_and_positive_against_another(f
     other = layer_units(student)
     distillation_losses(student, tiny_model(seed=1, encoder_layers=3, decoder_layers=3), other, batches)
     assert all(u.distill_loss > 1e-3 for u in other if u.is_block)
+
+
+def test_linear_units_split_each_block_into_its_weight_matrices():
+    model = tiny_model()
+    blocks, linear = layer_units(model), layer_units(model, "linear")
+    assert sum(u.params for u in blocks) == sum(u.params for u in linear)
+    for b in (u for u in blocks if u.is_block):
+        parts = [u for u in linear if u.component == b.component and u.index == b.index]
+        # Encoder blocks: q, k, v, out, fc1, fc2; decoder blocks add the cross-attention's four.
+        assert len(parts) == (6 if b.component == "encoder" else 10)
+        assert sum(u.params for u in parts) == b.params
+        assert all(u.name.startswith(b.name + ".") for u in parts)

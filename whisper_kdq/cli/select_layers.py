@@ -13,6 +13,7 @@ from whisper_kdq.cli import app
 from whisper_kdq.cli.common import console, print_json, resolve_device, user_errors
 from whisper_kdq.errors import UserError
 from whisper_kdq.selection import STRATEGIES, select_layers
+from whisper_kdq.selection.units import GRANULARITIES
 
 
 @app.command("select-layers")
@@ -32,9 +33,10 @@ def select_layers_cmd(
     ratio_of: Optional[str] = typer.Option(None, help="Model whose fp32 size --target-ratio refers to (default --teacher, else --model)."),
     target_bpw: Optional[float] = typer.Option(None, help="Target bits per weight of the whole file."),
     low_fraction: Optional[float] = typer.Option(None, help="Without a size target: the fraction of layers at low bits."),
+    granularity: str = typer.Option("block", help=f"Bits per {' or per '.join(GRANULARITIES)} (linear: each weight matrix of a block)."),
     distill_fraction: float = typer.Option(0.5, help="Fraction of blocks per stack that get hidden-state distillation."),
     split: Optional[str] = typer.Option(None, help="Use only this split of the manifest."),
-    limit: int = typer.Option(16, help="Calibration utterances."),
+    limit: int = typer.Option(16, help="Calibration utterances, taken in turn from each language of the manifest."),
     seed: int = typer.Option(0, help="Seed of the random strategy."),
     batch_size: int = typer.Option(8),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -49,6 +51,8 @@ def select_layers_cmd(
 
     if out is not None:
         check_output(out, force)
+    if granularity not in GRANULARITIES:
+        raise UserError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
     if sum(x is not None for x in (target_mb, target_ratio, target_bpw)) > 1:
         raise UserError("give at most one of --target-mb, --target-ratio, --target-bpw")
     gran = dict(granularity="group", group_size=group_size) if group_size else dict(granularity="per-channel")
@@ -68,14 +72,15 @@ def select_layers_cmd(
     elif target_ratio is not None:
         ref = load_model(ratio_of) if ratio_of else (teacher_model or student)
         target = int(4 * ref.params / target_ratio)
-    data = load_dataset(calibration, split=split, limit=limit)
+    # Decoded lazily: only the chosen clips are read.
+    data = load_dataset(calibration, split=split, check_audio=False).spread(limit)
     with console.status("measuring per-layer losses") as status:
         selection = select_layers(student, data, teacher=teacher_model, strategy=strategy, low=low, high=high,
                                   target_bytes=target, low_fraction=low_fraction, distill_fraction=distill_fraction,
-                                  seed=seed, batch_size=batch_size, device=dev,
+                                  seed=seed, batch_size=batch_size, device=dev, granularity=granularity,
                                   progress=lambda name: status.update(f"measuring per-layer losses: {name}"))
     payload = {**selection.plan.as_dict(), "selection": selection.as_dict()}
-    payload["selection"].update({"model": model, "teacher": teacher, "calibration": str(calibration),
+    payload["selection"].update({"granularity": granularity, "model": model, "teacher": teacher, "calibration": str(calibration),
                                  "utterances": len(data), "fp32_bytes": 4 * params,
                                  "ratio_vs_fp32": 4 * params / selection.predicted_bytes})
     if out is not None:

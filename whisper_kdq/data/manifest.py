@@ -59,6 +59,19 @@ class Dataset:
     def split(self, name: str) -> "Dataset":
         return Dataset([u for u in self.utterances if u.split == name], list(self.skipped))
 
+    def spread(self, n: int) -> "Dataset":
+        """At most `n` utterances taken in turn from each language, kept in file order: the first `n`
+        of a manifest sorted by language would all be of its first language."""
+        queues: dict[str | None, list[int]] = {}
+        for i, u in enumerate(self.utterances):
+            queues.setdefault(u.language, []).append(i)
+        picked: list[int] = []
+        while len(picked) < n and any(queues.values()):
+            for queue in queues.values():
+                if queue and len(picked) < n:
+                    picked.append(queue.pop(0))
+        return Dataset([self.utterances[i] for i in sorted(picked)], list(self.skipped))
+
     def languages(self) -> list[str]:
         return sorted({u.language or "?" for u in self.utterances})
 

@@ -1,4 +1,4 @@
-"""Guided layer selection: which blocks to quantize at low bits and which to distil (`select-layers`)."""
+"""Guided layer selection: which blocks (or weight matrices) to quantize at low bits and which to distil (`select-layers`)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ __all__ = ["STRATEGIES", "Selection", "Unit", "select_layers", "layer_units", "b
 def select_layers(student, calibration: Dataset, *, teacher=None, strategy: str = "guided", low: QuantSpec,
                   high: QuantSpec | None, target_bytes: int | None = None, low_fraction: float | None = None,
                   distill_fraction: float = 0.5, seed: int = 0, batch_size: int = 8, device: str = "cpu",
-                  progress: Callable[[str], None] | None = None) -> Selection:
+                  granularity: str = "block", progress: Callable[[str], None] | None = None) -> Selection:
     """Measure the per-unit losses on `calibration` (guided only) and choose bits and distilled blocks.
 
     `student` and `teacher` are `LoadedModel`s; without a teacher the distillation losses are not
-    measured (the student is its own reference, as in post-training quantization)."""
+    measured (the student is its own reference, as in post-training quantization). `granularity`:
+    bits per block, or per weight matrix (`linear`)."""
     from whisper_kdq.quant.checkpoint import predict_packed
 
-    units = layer_units(student.model)
+    units = layer_units(student.model, granularity)
     if strategy == "guided":
         batches = calibration_batches(calibration, student.processor, batch_size, device)
         quantization_losses(student.model, units, low, batches, progress)

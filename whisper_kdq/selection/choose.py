@@ -36,7 +36,7 @@ class Selection:
     def as_dict(self) -> dict:
         return {"strategy": self.strategy, "predicted_bytes": self.predicted_bytes, "target_bytes": self.target_bytes,
                 "units": [u.as_dict() for u in self.units],
-                "distill_layers": {stack: [u.index for u in self.units if u.component == stack and u.distill]
+                "distill_layers": {stack: sorted({u.index for u in self.units if u.component == stack and u.distill})
                                    for stack in ("encoder", "decoder")}}
 
 
@@ -60,10 +60,10 @@ def _order(units: list[Unit], strategy: str, seed: int) -> list[Unit]:
     if strategy == "first-last":
         ends = set()
         for stack in ("encoder", "decoder"):
-            blocks = [u for u in units if u.component == stack]
-            if blocks:
-                ends |= {blocks[0].name, blocks[-1].name}
-        return [u for u in units if u.name not in ends and u.component != "conv"]
+            indices = [u.index for u in units if u.component == stack]
+            if indices:
+                ends |= {(stack, min(indices)), (stack, max(indices))}
+        return [u for u in units if (u.component, u.index) not in ends and u.component != "conv"]
     if strategy == "guided":
         missing = [u.name for u in units if u.quant_loss != u.quant_loss]
         if missing:
@@ -110,14 +110,21 @@ def choose(units: list[Unit], strategy: str, *, high: QuantSpec | None, low: Qua
 
 
 def _mark_distilled(units: list[Unit], strategy: str, fraction: float, seed: int) -> None:
+    """Hidden-state distillation is per block: with per-matrix units, a block's units are marked together
+    and its quantization loss is the sum of theirs (small perturbations add up to first order)."""
     for stack in ("encoder", "decoder"):
-        blocks = [u for u in units if u.component == stack]
+        loss: dict[int, float] = {}
+        for u in units:
+            if u.component == stack:
+                loss[u.index] = loss.get(u.index, 0.0) + u.quant_loss
+        blocks = list(loss)
         n = max(1, round(fraction * len(blocks))) if blocks else 0
         if strategy in ("all", "first-last"):
-            chosen = blocks
+            chosen = set(blocks)
         elif strategy == "random":
-            chosen = _random.Random(seed + 1).sample(blocks, n)
+            chosen = set(_random.Random(seed + 1).sample(blocks, n))
         else:  # guided: the blocks whose quantization hurts most learn from the teacher
-            chosen = sorted(blocks, key=lambda u: -u.quant_loss)[:n]
-        for u in chosen:
-            u.distill = True
+            chosen = set(sorted(blocks, key=lambda i: -loss[i])[:n])
+        for u in units:
+            if u.component == stack and u.index in chosen:
+                u.distill = True

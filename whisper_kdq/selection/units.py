@@ -1,4 +1,5 @@
-"""The units a layer selection works on: encoder blocks, decoder blocks, the token embedding, the convs.
+"""The units a layer selection works on: encoder blocks (or their weight matrices), decoder blocks (or
+their weight matrices), the token embedding, the convs.
 
 A unit is a set of weight tensors that get the same bits; it is named the way users name layers
 (`encoder.3`, `decoder.0`, `embedding`, `conv`) and maps to a regex over transformers parameter
@@ -42,17 +43,40 @@ class Unit:
                 "teacher_layer": self.teacher_layer, "bits": self.bits, "distill": self.distill}
 
 
-def layer_units(model: torch.nn.Module) -> list[Unit]:
-    """The units of a WhisperForConditionalGeneration, in forward order, with their weight counts."""
+GRANULARITIES = ("block", "linear")
+
+
+def layer_units(model: torch.nn.Module, granularity: str = "block") -> list[Unit]:
+    """The units of a WhisperForConditionalGeneration, in forward order, with their weight counts.
+
+    `block`: one unit per encoder/decoder block. `linear`: one unit per weight matrix of a block
+    (`encoder.3.fc1`, `decoder.0.encoder_attn.q_proj`, ...), so that bits can follow the matrices a
+    quantization error hurts most rather than whole blocks; such a unit keeps its block's index."""
+    if granularity not in GRANULARITIES:
+        from whisper_kdq.errors import UserError
+
+        raise UserError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
     cfg = model.config
-    units = [Unit("conv", "conv", None, r"^model\.encoder\.conv[12]\.weight$")]
-    units += [Unit(f"encoder.{i}", "encoder", i, rf"^model\.encoder\.layers\.{i}\.")
-              for i in range(cfg.encoder_layers)]
-    units.append(Unit("embedding", "embedding", None, r"^model\.decoder\.embed_tokens\.weight$"))
-    units += [Unit(f"decoder.{i}", "decoder", i, rf"^model\.decoder\.layers\.{i}\.")
-              for i in range(cfg.decoder_layers)]
     state = model.state_dict()
     names = candidate_tensors(state)
+
+    def blocks(stack: str, n: int) -> list[Unit]:
+        out = []
+        for i in range(n):
+            prefix = f"model.{stack}.layers.{i}."
+            if granularity == "block":
+                out.append(Unit(f"{stack}.{i}", stack, i, "^" + re.escape(prefix)))
+                continue
+            for name in names:  # in the model's own order: self-attention, (cross-attention,) MLP
+                if name.startswith(prefix):
+                    part = name[len(prefix):].removesuffix(".weight")
+                    out.append(Unit(f"{stack}.{i}.{part}", stack, i, "^" + re.escape(name) + "$"))
+        return out
+
+    units = [Unit("conv", "conv", None, r"^model\.encoder\.conv[12]\.weight$")]
+    units += blocks("encoder", cfg.encoder_layers)
+    units.append(Unit("embedding", "embedding", None, r"^model\.decoder\.embed_tokens\.weight$"))
+    units += blocks("decoder", cfg.decoder_layers)
     for unit in units:
         rx = re.compile(unit.pattern)
         unit.params = sum(state[n].numel() for n in names if rx.search(n))
