@@ -240,7 +240,8 @@ class Pipeline:
                 continue
             started = time.time()
             row, train_s = rows[name]()
-            row.update(train_wall_s=train_s, total_s=time.time() - started)
+            row.update(train_wall_s=train_s, total_s=time.time() - started, date=time.strftime("%Y-%m-%d"),
+                       commit=self._commit())
             if name == "teacher fp32":  # evaluated from the fp16 PyPI file, compared as the fp32 model it loads as
                 row["size_bytes"] = 4 * row["params"]
             row["ratio"] = FP32_TEACHER_BYTES / row["size_bytes"]
@@ -250,13 +251,16 @@ class Pipeline:
             print(f"{name}: CER ja {100 * row['cer_ja']:.2f}  WER en {100 * row['wer_en']:.2f}  "
                   f"{row['size_bytes'] / 1e6:.1f} MB ({row['ratio']:.2f}x)", flush=True)
 
+    @staticmethod
+    def _commit() -> str:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
     def save(self) -> None:
         from report import write_report
 
         meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
                 "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/pipeline.py " + " ".join(sys.argv[1:]),
-                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                         text=True).stdout.strip(),
+                "commit": self._commit(),
                 "settings": {k: str(v) for k, v in vars(self.a).items()}}
         self.results_file.write_text(json.dumps({"meta": meta, "rows": self.results}, indent=2))
         write_report(self.out, meta, self.results)

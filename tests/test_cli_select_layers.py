@@ -63,7 +63,7 @@ def test_guided_selection_on_whisper_base_meets_its_size_target(fixture_manifest
 def test_per_matrix_selection_on_whisper_base_feeds_quantize(fixture_manifest, tmp_path):
     plan = tmp_path / "plan.json"
     result = runner.invoke(app, ["select-layers", "--model", "base", "--calibration", str(fixture_manifest),
-                                 "--granularity", "linear", "--low-bits", "4", "--high-bits", "6", "--target-bpw", "4.6",
+                                 "--granularity", "linear", "--low-bits", "4", "--high-bits", "6", "--target-bpw", "5.0",
                                  "--limit", "2", "--out", str(plan), "--json"])
     assert result.exit_code == 0, result.output
     selection = json.loads(result.stdout)["selection"]
@@ -75,4 +75,4 @@ def test_per_matrix_selection_on_whisper_base_feeds_quantize(fixture_manifest, t
     ckpt = tmp_path / "q.safetensors"
     result = runner.invoke(app, ["quantize", "--model", "base", "--plan", str(plan), "--out", str(ckpt), "--json"])
     assert result.exit_code == 0, result.output
-    assert ckpt.stat().st_size == selection["predicted_bytes"] <= 4.6 * 72_593_920 / 8
+    assert ckpt.stat().st_size == selection["predicted_bytes"] <= 5.0 * 72_593_920 / 8
