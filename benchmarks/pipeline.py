@@ -175,6 +175,14 @@ class Pipeline:
                 "teacher-qat-e8d5-emb4-ce03kd-dev", 5, "--encoder-bits", "8", "--embedding-bits", "4", ce=0.3,
                 select_on_dev=True),
             **self._selection_rows(),
+            # The guided per-matrix plan at the q4_0 size, its decoder trained (hidden-state KD on the blocks
+            # the plan marks), against the RTN g32 plan trained the same way (above).
+            "teacher KD+QAT guided per-matrix 4/6-bit (q4_0 size; encoder + emb PTQ frozen)": lambda: self._teacher_qat(
+                "teacher-qat-guided-linear-q4_0-kd-fe", 4, plan=self._q4_0_plan("guided", "linear"),
+                freeze_embedding=True),
+            "teacher CE 0.3+KD+QAT guided per-matrix 4/6-bit (q4_0 size; emb frozen; best on dev)": lambda: self._teacher_qat(
+                "teacher-qat-guided-linear-q4_0-ce03kd-fe-dev", 4, plan=self._q4_0_plan("guided", "linear"), ce=0.3,
+                freeze_embedding=True, select_on_dev=True),
         }
 
     def _student_rows(self) -> dict:
@@ -202,14 +210,15 @@ class Pipeline:
         model, wall = self.distill(name, *flags, **kw)
         return self.evaluate(model), wall
 
-    def _teacher_qat(self, name: str, bits: int, *plan_flags: str, ce: float = 0.0,
+    def _teacher_qat(self, name: str, bits: int, *plan_flags: str, ce: float = 0.0, plan: str | None = None,
                      freeze_embedding: bool = False, select_on_dev: bool = False) -> tuple[dict, float]:
         """The whole teacher decoder trained quantization-aware to mimic the teacher (logits + block outputs;
-        `ce` > 0 adds cross-entropy on the references), the encoder quantized post-training and frozen.
-        `select_on_dev`: evaluate on the dev split every third of the run and keep the best checkpoint."""
+        `ce` > 0 adds cross-entropy on the references), the encoder quantized post-training and frozen; by a
+        uniform plan of `bits` or by `plan`. `select_on_dev`: evaluate on the dev split every third of the run
+        and keep the best checkpoint."""
         dev = ["--eval-data", str(self.manifest), "--eval-split", "dev", "--eval-every", str(max(1, self.a.steps // 3))]
         return self._trained(name, "--ce", str(ce), "--kd", "1", "--hidden", "1", "--matching", "static",
-                             "--plan", self._uniform_plan("uniform", bits, *plan_flags),
+                             "--plan", plan or self._uniform_plan("uniform", bits, *plan_flags),
                              *(["--freeze-embedding"] if freeze_embedding else []), *(dev if select_on_dev else []),
                              decoder_layers=6, lr=self.a.qat_lr)
 
