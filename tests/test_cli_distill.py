@@ -208,3 +208,26 @@ def test_freeze_embedding_keeps_the_token_embedding_and_its_quantization(tiny_mo
     post_training = load_model(str(ptq)).model.state_dict()
     assert torch.equal(qat[emb], post_training[emb])
     assert not torch.equal(qat[moved], post_training[moved])
+
+
+def test_quantization_aware_run_keeps_its_best_dev_checkpoint(tiny_model_dir, fixture_manifest, tmp_path):
+    plan = tmp_path / "plan.json"
+    assert runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--bits", "4", "--dry-run",
+                               "--save-plan", str(plan)]).exit_code == 0
+    run = tmp_path / "qat"
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, run), "--steps", "3", "--plan", str(plan),
+                                 "--eval-data", str(fixture_manifest), "--eval-every", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    dev = [r["dev"]["dev_error"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "dev" in r]
+    assert len(dev) == 3 and summary["best_dev_error"] == min(dev)
+    # The packed file is the best checkpoint: evaluated as a user would, it scores what training measured
+    # on the fake-quantized weights (computed once per evaluation, parametrize.cached).
+    # Same batches as in training: a random model never ends a transcript, and the runaway guard allows new
+    # tokens by the longest clip of the batch.
+    ev = runner.invoke(app, ["evaluate", "--model", summary["model"], "--data", str(fixture_manifest), "--batch-size", "2",
+                             "--json"])
+    assert ev.exit_code == 0, ev.output
+    from whisper_kdq.distill.trainer import dev_error
+
+    assert abs(dev_error(json.loads(ev.stdout)["models"][0]) - summary["best_dev_error"]) < 1e-9

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.utils import parametrize
 
 from whisper_kdq.data.manifest import Dataset
 from whisper_kdq.distill import checkpointing as ckpt
@@ -237,7 +238,9 @@ class Trainer:
         self.raw.eval()
         dev = self.dev if self.cfg.eval_limit is None else Dataset(self.dev.utterances[:self.cfg.eval_limit])
         loaded = LoadedModel(self.raw, self.student.loaded.processor, "student", "transformers", None, 0)
-        report = evaluate_model(loaded, dev, batch_size=self.cfg.batch_size, device=self.device)
+        # Fake-quantized weights computed once for the whole evaluation, not at every decoding step.
+        with torch.no_grad(), parametrize.cached():
+            report = evaluate_model(loaded, dev, batch_size=self.cfg.batch_size, device=self.device)
         self.raw.train()
         if self.student.frozen_encoder:
             self.raw.model.encoder.eval()
