@@ -180,9 +180,9 @@ class Pipeline:
             "teacher KD+QAT guided per-matrix 4/6-bit (q4_0 size; encoder + emb PTQ frozen)": lambda: self._teacher_qat(
                 "teacher-qat-guided-linear-q4_0-kd-fe", 4, plan=self._q4_0_plan("guided", "linear"),
                 freeze_embedding=True),
-            "teacher CE 0.3+KD+QAT guided per-matrix 4/6-bit (q4_0 size; emb frozen; best on dev)": lambda: self._teacher_qat(
-                "teacher-qat-guided-linear-q4_0-ce03kd-fe-dev", 4, plan=self._q4_0_plan("guided", "linear"), ce=0.3,
-                freeze_embedding=True, select_on_dev=True),
+            "teacher CE 0.3+KD+QAT guided per-matrix 4/6-bit (q4_0 size; best on dev)": lambda: self._teacher_qat(
+                "teacher-qat-guided-linear-q4_0-ce03kd-dev", 4, plan=self._q4_0_plan("guided", "linear"), ce=0.3,
+                select_on_dev=True),
         }
 
     def _student_rows(self) -> dict:
