@@ -92,9 +92,13 @@ class Pipeline:
     def _q4_0_plan(self, strategy: str, granularity: str = "block", seed: int = 0) -> str:
         """4-bit g128 units with some raised to 6 bits, at the size of the teacher's RTN 4-bit g32 file."""
         mb = self.results.get("teacher RTN 4-bit g32 (q4_0 size)", {}).get("size_bytes", 45_122_748) / 1e6
-        name = f"teacher-{strategy}{'' if granularity == 'block' else '-' + granularity}{f'-s{seed}' if seed else ''}-q4_0"
-        return self.plan(name, "--strategy", strategy, "--low-bits", "4", "--high-bits", "6", "--group-size", "128",
+        return self.plan(self._q4_0_name(strategy, granularity, seed), "--strategy", strategy, "--low-bits", "4", "--high-bits", "6", "--group-size", "128",
                          "--target-mb", f"{mb:.4f}", "--granularity", granularity, "--seed", str(seed), model="base")
+
+    @staticmethod
+    def _q4_0_name(strategy: str, granularity: str, seed: int) -> str:
+        """File stem of a q4_0-size selection: its plan is `plan-<stem>.json`, its checkpoint `<stem>.safetensors`."""
+        return f"teacher-{strategy}{'' if granularity == 'block' else '-' + granularity}{f'-s{seed}' if seed else ''}-q4_0"
 
     def _selection_rows(self) -> dict:
         """Guided vs random selection on the teacher itself (no distillation: the quantization losses alone
@@ -104,15 +108,13 @@ class Pipeline:
             for strategy, seeds in (("guided", [0]), ("random", [0, 1, 2])):
                 for seed in seeds:
                     name = f"teacher {strategy}{label} 4/6-bit PTQ (q4_0 size{f'; seed {seed}' if seed else ''})"
-                    file = f"teacher-{strategy}{'-' + granularity if label else ''}{f'-s{seed}' if seed else ''}-q4_0"
-                    rows[name] = lambda s=strategy, g=granularity, k=seed, f=file: (self.evaluate(self.quantize(
-                        "base", f, "--plan", self._q4_0_plan(s, g, k))), 0.0)
+                    rows[name] = lambda s=strategy, g=granularity, k=seed: (self.evaluate(self.quantize(
+                        "base", self._q4_0_name(s, g, k), "--plan", self._q4_0_plan(s, g, k))), 0.0)
         return rows
 
     def student_float(self) -> str:
         return str(self.out / "student-kd" / "model")
 
-    # ------------------------------------------------------------------ rows
     # ------------------------------------------------------------------ rows
     def rows(self) -> dict:
         """Every row, in run order: the issue's teacher rows, the whole-teacher studies, the students."""

@@ -13,7 +13,7 @@ from whisper_kdq.cli import app
 from whisper_kdq.cli.common import console, print_json, resolve_device, user_errors
 from whisper_kdq.errors import UserError
 from whisper_kdq.selection import STRATEGIES, select_layers
-from whisper_kdq.selection.units import GRANULARITIES
+from whisper_kdq.selection.units import GRANULARITIES, check_granularity
 
 
 @app.command("select-layers")
@@ -51,8 +51,7 @@ def select_layers_cmd(
 
     if out is not None:
         check_output(out, force)
-    if granularity not in GRANULARITIES:
-        raise UserError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
+    check_granularity(granularity)  # before any model is loaded
     if sum(x is not None for x in (target_mb, target_ratio, target_bpw)) > 1:
         raise UserError("give at most one of --target-mb, --target-ratio, --target-bpw")
     gran = dict(granularity="group", group_size=group_size) if group_size else dict(granularity="per-channel")

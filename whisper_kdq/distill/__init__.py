@@ -13,7 +13,7 @@ from typing import Callable
 
 from whisper_kdq.data.manifest import Dataset
 from whisper_kdq.distill.losses import LossWeights
-from whisper_kdq.distill.trainer import Hooks, TrainConfig, Trainer, write_json
+from whisper_kdq.distill.trainer import Hooks, TrainConfig, Trainer, is_embedding, write_json
 from whisper_kdq.models.refs import LoadedModel
 from whisper_kdq.models.students import Student, StudentSpec, make_student
 
@@ -43,7 +43,7 @@ def describe(student: Student, teacher: LoadedModel, request: DistillRequest) ->
     cfg = student.loaded.model.config
     trainable = sum(p.numel() for n, p in student.loaded.model.named_parameters()
                     if not (student.frozen_encoder and n.startswith("model.encoder."))
-                    and not (request.train.freeze_embedding and ("embed_tokens" in n or "proj_out" in n)))
+                    and not (request.train.freeze_embedding and is_embedding(n)))
     w = request.weights
     return {
         "teacher": {"ref": teacher.ref, "params": teacher.params, "encoder_layers": teacher.model.config.encoder_layers,

@@ -70,6 +70,11 @@ def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def is_embedding(name: str) -> bool:
+    """The token embedding and the output projection tied to it (what --freeze-embedding keeps)."""
+    return "embed_tokens" in name or "proj_out" in name
+
+
 def dev_error(report: dict) -> float:
     """One number to pick the best checkpoint: mean over languages of CER (ja, zh, …) or WER."""
     from whisper_kdq.distill.data import NO_SPACE_LANGUAGES
@@ -102,7 +107,7 @@ class Trainer:
             model = self.hooks.prepare_model(model)
         if cfg.freeze_embedding:  # after QAT wrapping, so that the embedding's clipping scales freeze too
             for name, p in model.named_parameters():
-                if "embed_tokens" in name or "proj_out" in name:
+                if is_embedding(name):
                     p.requires_grad_(False)
         model.train()
         self.proj = self._projection(model)

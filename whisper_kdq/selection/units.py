@@ -46,16 +46,20 @@ class Unit:
 GRANULARITIES = ("block", "linear")
 
 
+def check_granularity(granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        from whisper_kdq.errors import UserError
+
+        raise UserError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
+
+
 def layer_units(model: torch.nn.Module, granularity: str = "block") -> list[Unit]:
     """The units of a WhisperForConditionalGeneration, in forward order, with their weight counts.
 
     `block`: one unit per encoder/decoder block. `linear`: one unit per weight matrix of a block
     (`encoder.3.fc1`, `decoder.0.encoder_attn.q_proj`, ...), so that bits can follow the matrices a
     quantization error hurts most rather than whole blocks; such a unit keeps its block's index."""
-    if granularity not in GRANULARITIES:
-        from whisper_kdq.errors import UserError
-
-        raise UserError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
+    check_granularity(granularity)
     cfg = model.config
     state = model.state_dict()
     names = candidate_tensors(state)
