@@ -27,19 +27,38 @@ def write_report(out: Path, meta: dict, rows: dict) -> None:
 
 
 def _plot(path: Path, rows: dict) -> None:
+    """Size against CER ja and WER en. Points carry the row's number (the legend below names them): with ~25
+    rows, names written beside the points overlapped. The fp32 teacher is a horizontal line (its error), not a
+    point 5x to the right of the rest; errors past three times the teacher's are drawn at the top edge
+    (triangles) so that a few failed rows do not squash the others."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    legend_in = 0.17 * ((len(rows) + 1) // 2) + 0.3  # height of the two-column legend, inches
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5 + legend_in))
     palette = plt.get_cmap("tab20").colors
+    number = {name: i + 1 for i, name in enumerate(rows)}
     colour = {name: palette[i % len(palette)] for i, name in enumerate(rows)}  # one colour per row in both panels
+    colour["teacher fp32"] = "black"
+    teacher = rows.get("teacher fp32")
     for ax, key, label in ((axes[0], "cer_ja", "CER ja %"), (axes[1], "wer_en", "WER en %")):
-        points = sorted((r["size_bytes"] / 1e6, 100 * r[key], name) for name, r in rows.items())
+        points = sorted((r["size_bytes"] / 1e6, 100 * r[key], name) for name, r in rows.items()
+                        if name != "teacher fp32")
+        if not points:
+            continue
+        top = max(y for _, y, _ in points) * 1.05
+        if teacher:
+            top = min(top, 300 * teacher[key])
+            ax.axhline(100 * teacher[key], color="black", linestyle=":",
+                       label=f"{number['teacher fp32']}. teacher fp32 ({teacher['size_bytes'] / 1e6:.0f} MB)")
+            ax.legend(loc="upper right", fontsize=7)
         for x, y, name in points:
-            ax.scatter(x, y, color=colour[name])
-            ax.annotate(name, (x, y), fontsize=6)
+            off = y > top
+            ax.scatter(x, min(y, top), color=colour[name], marker="^" if off else "o", s=36)
+            ax.annotate(str(number[name]), (x, min(y, top)), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front, best = [], float("inf")
         for x, y, _ in points:  # smallest error so far, by increasing size
             if y < best:
@@ -47,11 +66,17 @@ def _plot(path: Path, rows: dict) -> None:
                 best = y
         if front:
             ax.step([x for x, _ in front], [y for _, y in front], where="post", color="gray", linestyle="--")
+        ax.set_ylim(0, top * 1.04)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_xlabel("packed size (MB, log)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    fig.suptitle("whisper-kdq: size vs error on the synthesized test split (dashed: Pareto front)")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker="o", linestyle=":" if n == "teacher fp32" else "", color=colour[n]) for n in rows]
+    fig.legend(handles, [f"{number[n]}. {n}" for n in rows], loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.suptitle("whisper-kdq: size vs error on the synthesized test split (dashed: Pareto front; "
+                 "triangles: off the chart)")
+    fig.tight_layout(rect=(0, legend_in / (5.5 + legend_in), 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
