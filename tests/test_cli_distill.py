@@ -231,3 +231,59 @@ def test_quantization_aware_run_keeps_its_best_dev_checkpoint(tiny_model_dir, fi
     from whisper_kdq.distill.trainer import dev_error
 
     assert abs(dev_error(json.loads(ev.stdout)["models"][0]) - summary["best_dev_error"]) < 1e-9
+
+
+def test_quantize_flags_train_without_a_plan_file(tiny_model_dir, fixture_manifest, tmp_path):
+    from whisper_kdq.models.refs import load_model
+
+    run = tmp_path / "qat"
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, run), "--steps", "2", "--quantize", "4",
+                                 "--scheme", "apot", "--decoder-bits", "3", "--override", "fc2=float", "--json"])
+    assert result.exit_code == 0, result.output
+    specs = load_model(json.loads(result.stdout)["model"]).info["tensors"]
+    assert {s["scheme"] for s in specs.values()} == {"apot"}
+    bits = {name: s["bits"] for name, s in specs.items()}
+    assert bits["model.decoder.layers.0.fc1.weight"] == 3 and bits["model.encoder.layers.0.fc1.weight"] == 4
+    assert not any("fc2" in name for name in specs)  # --override fc2=float: kept in float
+    # The same flags after a plan file add rules to it; the file's layer selection is kept.
+    plan = tmp_path / "plan.json"
+    assert runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
+                               "--teacher", str(tiny_model_dir), "--low-fraction", "0.5", "--out", str(plan),
+                               "--device", "cpu"]).exit_code == 0
+    from whisper_kdq.cli.distill import _plan_from_flags
+
+    merged = _plan_from_flags(plan, None, "uniform", None, {"encoder": 8, "decoder": None, "embedding": None}, [])
+    assert merged["selection"] == json.loads(plan.read_text())["selection"] and merged["rules"][-1]["bits"] == 8
+
+
+def test_quantize_flag_errors_are_one_line(tiny_model_dir, fixture_manifest, tmp_path):
+    args = _args(tiny_model_dir, fixture_manifest, tmp_path / "r")
+    result = runner.invoke(app, [*args, "--scheme", "apot"])
+    assert result.exit_code == 2 and "--scheme needs --quantize BITS" in result.output
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    result = runner.invoke(app, [*args, "--quantize", "4", "--plan", str(plan)])
+    assert result.exit_code == 2 and "give one" in result.output
+    result = runner.invoke(app, [*args, "--quantize", "9"])
+    assert result.exit_code == 2 and "bits" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.integration
+def test_quantization_aware_whisper_base_student_packs_what_it_trained(fixture_manifest, tmp_path):
+    from whisper_kdq.models.refs import load_model
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["distill", "--teacher", "base", "--data", str(fixture_manifest), "--out", str(run),
+                                 "--freeze-encoder", "--student-decoder-layers", "2", "--steps", "2", "--batch-size", "3",
+                                 "--lr", "1e-4", "--warmup", "1", "--hidden", "1", "--quantize", "4", "--encoder-bits", "8",
+                                 "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    packed = load_model(summary["model"])
+    bits = {name: s["bits"] for name, s in packed.info["tensors"].items()}
+    assert packed.kind == "packed" and packed.model.config.decoder_layers == 2
+    assert bits["model.encoder.layers.5.fc1.weight"] == 8 and bits["model.decoder.layers.1.fc1.weight"] == 4
+    ev = runner.invoke(app, ["evaluate", "--model", summary["model"], "--data", str(fixture_manifest), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["models"][0]["size_bytes"] < 0.3 * 4 * 72_593_920

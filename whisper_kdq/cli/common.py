@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -52,3 +52,16 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
     return device
+
+
+def parse_group_size(text: Optional[str]) -> tuple[Optional[int], Optional[str]]:
+    """`--group-size`: N (groups of N), `channel` / 0 (per output channel) or `tensor`."""
+    if text is None:
+        return None, None
+    if text in ("channel", "0"):
+        return None, "per-channel"
+    if text == "tensor":
+        return None, "per-tensor"
+    if not text.isdigit() or int(text) < 2:
+        raise UserError(f"--group-size {text!r}: expected an integer >= 2, 'channel' or 'tensor'")
+    return int(text), "group"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from whisper_kdq.cli import app
-from whisper_kdq.cli.common import console, print_json, resolve_device, user_errors
+from whisper_kdq.cli.common import console, parse_group_size, print_json, resolve_device, user_errors
+from whisper_kdq.errors import UserError
 
 
 @app.command()
@@ -39,6 +40,13 @@ def distill(
     pseudo_label: bool = typer.Option(False, "--pseudo-label", help="Train on the teacher's transcripts."),
     pseudo_label_max_wer: float = typer.Option(0.3, help="Drop pseudo-labels further than this from the reference (WER, CER for ja/zh)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Quantization plan: train quantization-aware, save a packed checkpoint."),
+    quantize_bits: Optional[int] = typer.Option(None, "--quantize", help="Train quantization-aware at BITS (2-8) without a plan file; the flags below as in `quantize`."),
+    scheme: str = typer.Option("uniform", help="With --quantize: uniform or apot."),
+    group_size: Optional[str] = typer.Option(None, help="With --quantize: N, 'channel' or 'tensor' (default: channel at 8 bits, 128 below)."),
+    encoder_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for encoder layers (0 = float)."),
+    decoder_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for decoder layers (0 = float)."),
+    embedding_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for the token embedding (0 = float)."),
+    override: List[str] = typer.Option([], "--override", help="With --quantize or --plan: REGEX=BITS or REGEX=float (repeatable)."),
     steps: int = typer.Option(300, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Utterances per step and process."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -59,7 +67,6 @@ def distill(
     """Distil TEACHER into a smaller student on DATA; re-run the same command to resume."""
     from whisper_kdq.data.manifest import load_dataset
     from whisper_kdq.distill import DistillRequest, LossWeights, StudentSpec, TrainConfig, describe, run_distillation
-    from whisper_kdq.errors import UserError
     from whisper_kdq.models.refs import load_model
     from whisper_kdq.models.students import make_student, parse_map
 
@@ -70,12 +77,8 @@ def distill(
                       max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep, eval_every=eval_every,
                       eval_limit=eval_limit, device=dev_name, top_k=top_k, progress=not as_json,
                       teacher_cache=None if teacher_cache is None else str(teacher_cache), freeze_embedding=freeze_embedding)
-    plan_dict = None
-    if plan is not None:
-        from whisper_kdq.quant.plan import load_plan
-
-        load_plan(plan)  # validates, naming the field
-        plan_dict = json.loads(plan.read_text(encoding="utf-8"))
+    plan_dict = _plan_from_flags(plan, quantize_bits, scheme, group_size,
+                                 {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits}, override)
     with console.status(f"loading teacher {teacher}"):
         t = load_model(teacher, device=dev_name)
     spec = StudentSpec(student, student_encoder_layers, student_decoder_layers,
@@ -101,6 +104,38 @@ def distill(
         dev_line = "" if not summary.get("dev") else f"; dev error {summary['dev']['dev_error']:.4f}"
         console.print(f"trained {summary['steps']} steps in {summary['wall_s']:.0f} s "
                       f"({summary['samples_per_s']:.2f} samples/s){dev_line}; student saved to {summary.get('model')}")
+
+
+def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, group_size: Optional[str],
+                     component_bits: dict, overrides: List[str]) -> Optional[dict]:
+    """The quantization plan (as its JSON) of `--plan FILE` and/or `--quantize BITS` and their flags; None: float
+    training. The flags describe a plan exactly as `whisper-kdq quantize` reads them; with `--plan` the component
+    bits and overrides add rules after the file's (e.g. `--plan sel.json --override 'fc2=float'`)."""
+    from whisper_kdq.quant.plan import load_plan, plan_from_options
+
+    if bits is not None and plan is not None:
+        raise UserError("--quantize and --plan both describe the quantization: give one (flags add rules to --plan)")
+    if bits is None and plan is None:
+        stray = [flag for flag, given in (("--scheme", scheme != "uniform"), ("--group-size", group_size is not None),
+                                          ("--encoder-bits", component_bits["encoder"] is not None),
+                                          ("--decoder-bits", component_bits["decoder"] is not None),
+                                          ("--embedding-bits", component_bits["embedding"] is not None),
+                                          ("--override", bool(overrides))) if given]
+        if stray:
+            raise UserError(f"{stray[0]} needs --quantize BITS or --plan FILE (without them the student trains in float)")
+        return None
+    if plan is not None:
+        base = load_plan(plan)  # validates, naming the field
+        if scheme != "uniform" or group_size is not None:
+            raise UserError("--scheme and --group-size apply to --quantize; with --plan use --override REGEX=SPEC")
+        if not any(b is not None for b in component_bits.values()) and not overrides:
+            return json.loads(plan.read_text(encoding="utf-8"))  # as written, selection included
+        data = json.loads(plan.read_text(encoding="utf-8"))
+        merged = plan_from_options(component_bits=component_bits, overrides=overrides, base=base).as_dict()
+        return {**data, **merged}  # keeps the file's `selection` (layers to distil) beside the new rules
+    size, granularity = parse_group_size(group_size)
+    return plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
+                             component_bits=component_bits, overrides=overrides).as_dict()
 
 
 def _train_with_progress(request, train, dev, out, force, teacher, quiet: bool) -> dict:

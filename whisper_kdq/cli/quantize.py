@@ -8,21 +8,8 @@ from typing import List, Optional
 import typer
 
 from whisper_kdq.cli import app
-from whisper_kdq.cli.common import console, print_json, resolve_device, user_errors
+from whisper_kdq.cli.common import console, parse_group_size, print_json, resolve_device, user_errors
 from whisper_kdq.errors import UserError
-
-
-def _group(text: Optional[str]) -> tuple[Optional[int], Optional[str]]:
-    """`--group-size`: N (groups of N), `channel` / 0 (per output channel) or `tensor`."""
-    if text is None:
-        return None, None
-    if text in ("channel", "0"):
-        return None, "per-channel"
-    if text == "tensor":
-        return None, "per-tensor"
-    if not text.isdigit() or int(text) < 2:
-        raise UserError(f"--group-size {text!r}: expected an integer >= 2, 'channel' or 'tensor'")
-    return int(text), "group"
 
 
 @app.command()
@@ -62,7 +49,7 @@ def quantize(
         raise UserError(f"{out} exists; use --force to overwrite it")
     if clip == "output" and calibration is None:
         raise UserError("--clip output needs --calibration MANIFEST")
-    size, granularity = _group(group_size)
+    size, granularity = parse_group_size(group_size)
     components = {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits, "conv": conv_bits}
     the_plan = plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
                                  symmetric=False if asymmetric else None, component_bits=components,
