@@ -69,3 +69,16 @@ def test_ct2_export_runs_in_ctranslate2_and_faster_whisper(tiny_model_dir, tmp_p
 def test_unknown_format_is_a_user_error(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="unknown export format"):
         export_model(load_model(str(tiny_model_dir)), "onnx", tmp_path / "x")
+
+
+def test_int8_ct2_export_of_a_4_bit_checkpoint_is_allowed_and_called_lossy(tiny_model_dir, tmp_path):
+    packed = tmp_path / "q4.safetensors"
+    assert runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--bits", "4", "--out", str(packed)]).exit_code == 0
+    auto = export_model(load_model(str(packed)), "ct2", tmp_path / "auto")
+    assert auto.precision == "float16" and "cannot represent exactly" in auto.reason
+    result = runner.invoke(app, ["export", "--model", str(packed), "--format", "ct2", "--ct2-quantization", "int8",
+                                 "--out", str(tmp_path / "int8"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["precision"] == "int8" and "lossy" in info["reason"] and info["max_logit_diff"] > 0
+    assert info["size_bytes"] < auto.size_bytes * 0.7  # int8 codes against float16 weights

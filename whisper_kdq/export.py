@@ -109,10 +109,17 @@ def _export_ct2(loaded: LoadedModel, out: Path, force: bool, quantization: str) 
         from ctranslate2.converters import TransformersConverter
     except ImportError:
         raise UserError("--format ct2 needs `pip install ctranslate2`") from None
+    exact, why = ct2_precision(loaded)
     if quantization == "auto":
-        quantization, reason = ct2_precision(loaded)
+        quantization, reason = exact, why
     else:
         reason = "asked for with --ct2-quantization"
+    # int8 asked for on a source whose codes CTranslate2 cannot hold (e.g. 4-bit groups): the converter
+    # re-quantizes the dequantized weights, a second rounding on top of the first; allowed twice the
+    # drift of an int8 export of a float model, and said so.
+    lossy = quantization.startswith("int8") and loaded.kind == "packed" and exact != "int8"
+    if lossy:
+        reason += "; lossy: CTranslate2 re-quantized the dequantized weights to its per-row int8"
     reference = _probe(loaded.model)
     with tempfile.TemporaryDirectory(prefix="whisper-kdq-hf-") as hf_dir:
         save_transformers_dir(loaded, Path(hf_dir))
@@ -121,7 +128,7 @@ def _export_ct2(loaded: LoadedModel, out: Path, force: bool, quantization: str) 
             TransformersConverter(hf_dir, copy_files=["tokenizer.json", "preprocessor_config.json"]).convert(
                 str(tmp), quantization=quantization, force=True)
             _check_ct2_engine(tmp)
-            tolerance = 1e-4 if quantization == "float32" else 0.05
+            tolerance = 1e-4 if quantization == "float32" else (0.10 if lossy else 0.05)
             diff = _check(reference, load_model(str(tmp)).model, tolerance, "ct2 export")
     return ExportResult("ct2", out, (out / "model.bin").stat().st_size, quantization, reason, diff)
 
