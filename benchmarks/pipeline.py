@@ -206,6 +206,7 @@ class Pipeline:
                 "student-all3", "--kd", "1", "--hidden", "1", "--plan", self.plan(
                     "all", "--strategy", "all", "--low-bits", "3", "--high-bits", "4")),
             "CTranslate2 export of the best compressed model": self._ct2_best,
+            "CTranslate2 int8 export of the best compressed model": lambda: self._ct2_best("int8"),
         }
 
     def _trained(self, name: str, *flags: str, **kw) -> tuple[dict, float]:
@@ -231,14 +232,18 @@ class Pipeline:
                      "--save-plan", str(target), *flags)
         return str(target)
 
-    def _ct2_best(self) -> tuple[dict, float]:
+    def _ct2_best(self, quantization: str = "auto") -> tuple[dict, float]:
+        """The best compressed row (ratio >= 5, mean error relative to the teacher) exported to CTranslate2:
+        `auto` keeps its weights exactly (float16 unless they are int8 per-row); `int8` re-quantizes them to
+        CTranslate2's int8, the smallest file it runs."""
         teacher = self.results["teacher fp32"]
         compressed = {k: r for k, r in self.results.items() if r.get("model", "").endswith(".safetensors")
                       and r["ratio"] >= 5.0}
         best = min(compressed, key=lambda k: compressed[k]["cer_ja"] / teacher["cer_ja"] + compressed[k]["wer_en"] / teacher["wer_en"])
-        target = self.out / "best-ct2"
+        target = self.out / ("best-ct2" if quantization == "auto" else f"best-ct2-{quantization}")
         if not target.is_dir():
-            self.cli("export", "--model", self.results[best]["model"], "--format", "ct2", "--out", str(target))
+            self.cli("export", "--model", self.results[best]["model"], "--format", "ct2", "--ct2-quantization",
+                     quantization, "--out", str(target))
         row = self.evaluate(str(target), engine="ctranslate2")
         row["source_row"] = best
         return row, 0.0
