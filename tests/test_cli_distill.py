@@ -238,9 +238,12 @@ def test_quantize_flags_train_without_a_plan_file(tiny_model_dir, fixture_manife
 
     run = tmp_path / "qat"
     result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, run), "--steps", "2", "--quantize", "4",
-                                 "--scheme", "apot", "--decoder-bits", "3", "--override", "fc2=float", "--json"])
+                                 "--scheme", "apot", "--decoder-bits", "3", "--override", "fc2=float", "--act-bits", "8",
+                                 "--json"])
     assert result.exit_code == 0, result.output
-    specs = load_model(json.loads(result.stdout)["model"]).info["tensors"]
+    student = load_model(json.loads(result.stdout)["model"])
+    assert student.info["activation_bits"] == 8  # trained and stored with per-token 8-bit activations
+    specs = student.info["tensors"]
     assert {s["scheme"] for s in specs.values()} == {"apot"}
     bits = {name: s["bits"] for name, s in specs.items()}
     assert bits["model.decoder.layers.0.fc1.weight"] == 3 and bits["model.encoder.layers.0.fc1.weight"] == 4
@@ -260,6 +263,8 @@ def test_quantize_flag_errors_are_one_line(tiny_model_dir, fixture_manifest, tmp
     args = _args(tiny_model_dir, fixture_manifest, tmp_path / "r")
     result = runner.invoke(app, [*args, "--scheme", "apot"])
     assert result.exit_code == 2 and "--scheme needs --quantize BITS" in result.output
+    result = runner.invoke(app, [*args, "--act-bits", "8"])
+    assert result.exit_code == 2 and "--act-bits needs --quantize BITS" in result.output
     plan = tmp_path / "plan.json"
     plan.write_text("{}")
     result = runner.invoke(app, [*args, "--quantize", "4", "--plan", str(plan)])

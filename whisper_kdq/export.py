@@ -76,13 +76,32 @@ def save_transformers_dir(loaded: LoadedModel, directory: Path) -> None:
     loaded.model.generation_config.save_pretrained(directory)
 
 
+def _reference(loaded: LoadedModel, engine_activation_bits: int | None) -> tuple[torch.Tensor, str]:
+    """Logits the re-loaded export must reproduce, and a note on activations. The re-load check runs the
+    export's weights in transformers with float activations, so a source whose activations are rounded
+    per token (`--act-bits`) is probed with float activations too; the note says what the target engine
+    computes (CTranslate2's int8 rounds each row of a linear layer's input to 8 bits, like `--act-bits 8`)."""
+    from whisper_kdq.quant.activations import activation_settings, float_activations
+
+    settings = activation_settings(loaded.model)
+    if settings is None:
+        return _probe(loaded.model), ""
+    with float_activations(loaded.model):
+        reference = _probe(loaded.model)
+    bits = settings["bits"]
+    if engine_activation_bits == bits:
+        return reference, f"; the engine rounds activations to {bits} bits per row at run time, as the source does"
+    engine = "float" if engine_activation_bits is None else f"{engine_activation_bits}-bit per row"
+    return reference, f"; activations {engine} in this format (the source rounds them to {bits} bits per token)"
+
+
 def _export_hf(loaded: LoadedModel, out: Path, force: bool) -> ExportResult:
-    reference = _probe(loaded.model)
+    reference, note = _reference(loaded, None)
     with atomic_dir(out, force) as tmp:
         save_transformers_dir(loaded, tmp)
         diff = _check(reference, load_model(str(tmp)).model, 1e-5, "hf export")
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    return ExportResult("hf", out, size, "float32", "transformers weights as float32 (dequantized)", diff)
+    return ExportResult("hf", out, size, "float32", "transformers weights as float32 (dequantized)" + note, diff)
 
 
 def ct2_precision(loaded: LoadedModel) -> tuple[str, str]:
@@ -120,7 +139,9 @@ def _export_ct2(loaded: LoadedModel, out: Path, force: bool, quantization: str) 
     lossy = quantization.startswith("int8") and loaded.kind == "packed" and exact != "int8"
     if lossy:
         reason += "; lossy: CTranslate2 re-quantized the dequantized weights to its per-row int8"
-    reference = _probe(loaded.model)
+    # CTranslate2's int8 rounds each row of a linear layer's input to 8 bits, as `--act-bits 8` does.
+    reference, note = _reference(loaded, 8 if quantization.startswith("int8") else None)
+    reason += note
     with tempfile.TemporaryDirectory(prefix="whisper-kdq-hf-") as hf_dir:
         save_transformers_dir(loaded, Path(hf_dir))
         with atomic_dir(out, force) as tmp:

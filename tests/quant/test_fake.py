@@ -35,6 +35,8 @@ def test_qat_trains_the_clip_and_packs_to_the_same_logits(tmp_path):
             fq.scale.mul_(0.9)
         fake = _logits(model)
     convert_to_packed(model, tiny_processor_obj(), plan, tmp_path / "qat.safetensors")
+    with torch.no_grad():  # writing the file left the training model as it was (its float copy is separate)
+        assert torch.equal(_logits(model), fake)
     loaded = load_model(str(tmp_path / "qat.safetensors"))
     with torch.no_grad():
         packed = _logits(loaded.model)

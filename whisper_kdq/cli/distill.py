@@ -47,6 +47,7 @@ def distill(
     decoder_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for decoder layers (0 = float)."),
     embedding_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for the token embedding (0 = float)."),
     override: List[str] = typer.Option([], "--override", help="With --quantize or --plan: REGEX=BITS or REGEX=float (repeatable)."),
+    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="With --quantize or --plan: round the inputs of quantized linear layers to N bits (4-8) per token (default: float)."),
     steps: int = typer.Option(300, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Utterances per step and process."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -78,7 +79,8 @@ def distill(
                       eval_limit=eval_limit, device=dev_name, top_k=top_k, progress=not as_json,
                       teacher_cache=None if teacher_cache is None else str(teacher_cache), freeze_embedding=freeze_embedding)
     plan_dict = _plan_from_flags(plan, quantize_bits, scheme, group_size,
-                                 {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits}, override)
+                                 {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits}, override,
+                                 act_bits)
     with console.status(f"loading teacher {teacher}"):
         t = load_model(teacher, device=dev_name)
     spec = StudentSpec(student, student_encoder_layers, student_decoder_layers,
@@ -107,7 +109,7 @@ def distill(
 
 
 def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, group_size: Optional[str],
-                     component_bits: dict, overrides: List[str]) -> Optional[dict]:
+                     component_bits: dict, overrides: List[str], act_bits: Optional[int] = None) -> Optional[dict]:
     """The quantization plan (as its JSON) of `--plan FILE` and/or `--quantize BITS` and their flags; None: float
     training. The flags describe a plan exactly as `whisper-kdq quantize` reads them; with `--plan` the component
     bits and overrides add rules after the file's (e.g. `--plan sel.json --override 'fc2=float'`)."""
@@ -120,7 +122,8 @@ def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, gro
                                           ("--encoder-bits", component_bits["encoder"] is not None),
                                           ("--decoder-bits", component_bits["decoder"] is not None),
                                           ("--embedding-bits", component_bits["embedding"] is not None),
-                                          ("--override", bool(overrides))) if given]
+                                          ("--override", bool(overrides)), ("--act-bits", act_bits is not None))
+                 if given]
         if stray:
             raise UserError(f"{stray[0]} needs --quantize BITS or --plan FILE (without them the student trains in float)")
         return None
@@ -128,14 +131,15 @@ def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, gro
         base = load_plan(plan)  # validates, naming the field
         if scheme != "uniform" or group_size is not None:
             raise UserError("--scheme and --group-size apply to --quantize; with --plan use --override REGEX=SPEC")
-        if not any(b is not None for b in component_bits.values()) and not overrides:
+        if not any(b is not None for b in component_bits.values()) and not overrides and act_bits is None:
             return json.loads(plan.read_text(encoding="utf-8"))  # as written, selection included
         data = json.loads(plan.read_text(encoding="utf-8"))
-        merged = plan_from_options(component_bits=component_bits, overrides=overrides, base=base).as_dict()
+        merged = plan_from_options(component_bits=component_bits, overrides=overrides, base=base,
+                                   activation_bits=act_bits).as_dict()
         return {**data, **merged}  # keeps the file's `selection` (layers to distil) beside the new rules
     size, granularity = parse_group_size(group_size)
     return plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
-                             component_bits=component_bits, overrides=overrides).as_dict()
+                             component_bits=component_bits, overrides=overrides, activation_bits=act_bits).as_dict()
 
 
 def _train_with_progress(request, train, dev, out, force, teacher, quiet: bool) -> dict:

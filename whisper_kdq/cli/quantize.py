@@ -26,6 +26,7 @@ def quantize(
     embedding_bits: Optional[int] = typer.Option(None, help="Bits for the token embedding / output projection (0 = float)."),
     conv_bits: Optional[int] = typer.Option(None, help="Bits for the conv front-end (default 8; 0 = float)."),
     override: List[str] = typer.Option([], "--override", help="REGEX=BITS, REGEX=float or REGEX=SPEC (repeatable; last match wins)."),
+    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Also round the inputs of quantized linear layers to N bits (4-8) per token, at run time (default: float activations)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Per-tensor plan JSON (docs/PLAN.md); flags above add rules after it."),
     clip: Optional[str] = typer.Option(None, help="Clipping search: mse (weight error, default), max (none), output (needs --calibration)."),
     calibration: Optional[Path] = typer.Option(None, help="Manifest for --clip output (a few clips are decoded)."),
@@ -54,7 +55,7 @@ def quantize(
     the_plan = plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
                                  symmetric=False if asymmetric else None, component_bits=components,
                                  overrides=override, clip=clip if clip or calibration is None else "output",
-                                 base=load_plan(plan) if plan is not None else None)
+                                 base=load_plan(plan) if plan is not None else None, activation_bits=act_bits)
     loaded = load_model(model, device=resolve_device(device))
     state = loaded.model.state_dict()
     specs = the_plan.resolve(state)
@@ -76,6 +77,11 @@ def quantize(
     _report(summary, specs, "wrote", out, as_json, dry_run=False)
 
 
+def _activations_line(summary: dict) -> str:
+    bits = summary.get("activation_bits")
+    return "" if bits is None else f"; activations of quantized layers rounded to {bits} bits per token at run time"
+
+
 def _report(summary: dict, specs: dict, verb: str, out: Optional[Path], as_json: bool, dry_run: bool) -> None:
     if as_json:
         print_json({"dry_run": dry_run, "out": None if out is None else str(out),
@@ -95,4 +101,4 @@ def _report(summary: dict, specs: dict, verb: str, out: Optional[Path], as_json:
     console.print(f"{verb} {out or '(nothing: dry run)'}: {summary['file_bytes']:,} bytes "
                   f"({summary['ratio_vs_fp32']:.2f}x smaller than fp32, {summary['ratio_vs_fp16']:.2f}x than fp16); "
                   f"{quantized} tensors quantized at {summary['bits_per_weight_quantized']:.3f} bits per weight; "
-                  f"{summary['bits_per_weight_file']:.3f} bits per parameter over the whole file")
+                  f"{summary['bits_per_weight_file']:.3f} bits per parameter over the whole file{_activations_line(summary)}")

@@ -29,7 +29,8 @@ from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed", "quantized_copy"]
 
 FORMAT_NAME = "whisper-kdq-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this tool reads and writes; version 1 = version 2 without activation quantization
+_VERSIONS = ("1", "2")
 TOKENIZER_KEY = "__tokenizer__"
 _DTYPES = {"F32": (torch.float32, np.float32, 4), "F16": (torch.float16, np.float16, 2), "U8": (torch.uint8, np.uint8, 1)}
 _ORDER = {"F32": 0, "F16": 1, "U8": 2}  # widest first, so every tensor starts aligned to its item size
@@ -111,12 +112,26 @@ def _header(entries: list[Entry], metadata: dict[str, str]) -> bytes:
     return raw + b" " * ((-len(raw)) % 8)  # safetensors pads the header to 8 bytes
 
 
-def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Entry], checksum: str) -> dict[str, str]:
+def _activations(model: torch.nn.Module, plan: Plan, qmeta: dict) -> dict | None:
+    if plan.activation_bits is None:
+        return None
+    from whisper_kdq.quant.activations import activation_layers
+
+    return {"bits": plan.activation_bits, "granularity": "per-token", "symmetric": True,
+            "layers": activation_layers(model, set(qmeta))}
+
+
+def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Entry], checksum: str,
+              activations: dict | None = None) -> dict[str, str]:
     qbytes = sum(e.nbytes for e in entries if "::" in e.name)
     qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
+    # Version 2 only when activations are quantized: a version-1 reader then refuses the file rather than
+    # run it with float activations; every other file stays readable by version-1 readers.
+    extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
     return {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": "1" if activations is None else "2",
+        **extra,
         "config": model.config.to_json_string(use_diff=False),
         "generation_config": model.generation_config.to_json_string(use_diff=False),
         "quantization": json.dumps(qmeta, sort_keys=True),
@@ -147,7 +162,8 @@ def predict_packed(model: torch.nn.Module, plan: Plan, processor=None) -> dict:
     if processor is not None:
         entries.append(Entry(TOKENIZER_KEY, "U8", (blob_len,)))
         entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
-    return _summary(model, entries, qmeta, tied, 8 + len(_header(entries, _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER))))
+    meta = _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER, _activations(model, plan, qmeta))
+    return {**_summary(model, entries, qmeta, tied, 8 + len(_header(entries, meta))), "activation_bits": plan.activation_bits}
 
 
 def _summary(model, entries: list[Entry], qmeta: dict, tied: dict, header_bytes: int) -> dict:
@@ -184,7 +200,8 @@ def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, for
     digest = hashlib.sha256()
     for chunk in data:
         digest.update(chunk)
-    header = _header(entries, _metadata(model, qmeta, tied, entries, "sha256:" + digest.hexdigest()))
+    header = _header(entries, _metadata(model, qmeta, tied, entries, "sha256:" + digest.hexdigest(),
+                                        _activations(model, plan, qmeta)))
     with atomic_file(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(header)))
@@ -194,6 +211,7 @@ def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, for
         tmp.chmod(0o644)  # mkstemp creates 0600; a checkpoint is an ordinary shareable file
     summary = _summary(model, entries, qmeta, tied, 8 + len(header))
     summary["plan"] = plan.as_dict()
+    summary["activation_bits"] = plan.activation_bits
     return summary
 
 
@@ -204,12 +222,17 @@ def quantized_copy(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
 
     clone = copy.deepcopy(model)
     state, _ = _unique_state(clone)
+    specs = plan.resolve(state)
     with torch.no_grad():
-        for name, spec in plan.resolve(state).items():
+        for name, spec in specs.items():
             if spec is not None:
                 t = state[name]
                 q = quantize(t.detach().float().cpu(), spec, plan.clip if plan.clip != "output" else "mse")
                 t.copy_(dequantize(q).to(t.dtype))
+    if plan.activation_bits is not None:
+        from whisper_kdq.quant.activations import activation_layers, quantize_activations
+
+        quantize_activations(clone, activation_layers(clone, {n for n, s in specs.items() if s}), plan.activation_bits)
     return clone
 
 
@@ -235,9 +258,12 @@ def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"{path}: damaged header (not the JSON of a whisper-kdq packed checkpoint)") from None
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a whisper-kdq packed checkpoint (format {meta.get('format')!r})")
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in _VERSIONS:
         raise CheckpointError(f"{path}: unsupported format version {meta.get('format_version')!r}; "
-                              f"this whisper-kdq reads version {FORMAT_VERSION}")
+                              f"this whisper-kdq reads versions {', '.join(_VERSIONS)}")
+    if (meta["format_version"] == "2") != ("activations" in meta):
+        raise CheckpointError(f"{path}: damaged header (format version {meta['format_version']} "
+                              f"{'needs' if meta['format_version'] == '2' else 'has no'} activation settings)")
     data = memoryview(raw)[8 + hlen:]
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if len(data) != end:
@@ -292,7 +318,13 @@ def load_packed(path: Path, device: str = "cpu"):
         (Path(d) / "tokenizer.json").write_bytes(lzma.decompress(tensors[TOKENIZER_KEY].numpy().tobytes()))
         processor = build_processor(Path(d) / "tokenizer.json", config.num_mel_bins)
     model.to(device).eval()
+    activations = json.loads(meta["activations"]) if "activations" in meta else None
+    if activations is not None:
+        from whisper_kdq.quant.activations import quantize_activations
+
+        quantize_activations(model, activations["layers"], activations["bits"])
     info = {"format_version": int(meta["format_version"]), "bits_per_weight": float(meta["bits_per_weight"]),
+            "activation_bits": None if activations is None else activations["bits"],
             "tensors": {n: {k: m[k] for k in ("scheme", "bits", "symmetric", "granularity", "group_size")}
                         for n, m in qmeta.items()},
             "float_weights": [n for n, t in state.items() if n not in qmeta and n.endswith(".weight")

@@ -62,7 +62,10 @@ class FakeQuantWeight(nn.Module):
         offset = None if self.offset is None else self.offset.to(x.dtype)
         y = (x if offset is None else x - offset[:, None]) / s[:, None]
         y = torch.clamp(y, float(self.levels[0]), float(self.levels[-1]))  # clipped: grad goes to s only
-        nearest = self.levels[torch.bucketize(y.detach(), self.midpoints)]
+        if self.spec.scheme == "uniform":  # integer levels: round half to even, exactly as the packed encoder
+            nearest = torch.round(y.detach())
+        else:
+            nearest = self.levels[torch.bucketize(y.detach(), self.midpoints)]
         y = nearest + (y - y.detach())  # straight-through rounding; the value is exactly the level
         out = y * s[:, None]
         if offset is not None:
@@ -72,9 +75,15 @@ class FakeQuantWeight(nn.Module):
 
 
 def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scaling: bool = True) -> nn.Module:
-    """Fake-quantize, in place, every weight `plan` quantizes; returns `model`. Tied weights (the token
-    embedding and `proj_out`) share one parametrization, so they stay one tensor."""
+    """Fake-quantize, in place, every weight `plan` quantizes (and, if the plan asks, the inputs of those
+    layers per token); returns `model`. Tied weights (the token embedding and `proj_out`) share one
+    parametrization, so they stay one tensor."""
     specs = plan.resolve(model.state_dict())
+    if plan.activation_bits is not None:
+        from whisper_kdq.quant.activations import activation_layers, quantize_activations
+
+        quantized = {n for n, spec in specs.items() if spec is not None}
+        quantize_activations(model, activation_layers(model, quantized), plan.activation_bits)
     shared: dict[int, FakeQuantWeight] = {}
     modules = dict(model.named_modules())
     for name, module in modules.items():
@@ -118,6 +127,11 @@ def float_copy(model: nn.Module) -> nn.Module:
     clone = copy.deepcopy(model)
     for module in clone.modules():
         if parametrize.is_parametrized(module, "weight"):
+            # A deep copy shares the parametrized class with `model`, and removing a parametrization
+            # deletes its property from the class: `model` would lose its weights. A class of its own first.
+            cls = module.__class__
+            module.__class__ = type(cls.__name__, cls.__bases__,
+                                    {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
     return clone
 

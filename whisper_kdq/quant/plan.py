@@ -62,6 +62,7 @@ class Plan:
     default: QuantSpec | None
     rules: list[Rule] = field(default_factory=list)
     clip: str = "mse"  # clipping search: mse (weight error), max (none), output (needs calibration)
+    activation_bits: int | None = None  # inputs of quantized linear layers rounded per token (None: float)
 
     def resolve(self, state: dict[str, torch.Tensor]) -> dict[str, QuantSpec | None]:
         """Spec (None = float) of every candidate tensor in `state`, in state order."""
@@ -81,9 +82,12 @@ class Plan:
         return out
 
     def as_dict(self) -> dict:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION,
-                "default": None if self.default is None else self.default.as_dict(),
-                "clip": self.clip, "rules": [r.as_dict() for r in self.rules]}
+        out = {"format": PLAN_FORMAT, "version": PLAN_VERSION,
+               "default": None if self.default is None else self.default.as_dict(),
+               "clip": self.clip, "rules": [r.as_dict() for r in self.rules]}
+        if self.activation_bits is not None:
+            out["activations"] = {"bits": self.activation_bits}
+        return out
 
     def save(self, path: Path) -> None:
         from whisper_kdq.fileio import write_text_atomic
@@ -145,7 +149,7 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
         raise UserError(f"{where}.format: expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
     if data.get("version", PLAN_VERSION) != PLAN_VERSION:
         raise UserError(f"{where}.version: unsupported plan version {data.get('version')!r} (this tool reads {PLAN_VERSION})")
-    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note", "selection"}
+    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note", "selection", "activations"}
     if unknown:
         raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     default = data.get("default")
@@ -173,7 +177,17 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
             raise UserError(f"{at}: give at least one of {', '.join(_FIELDS)}, spec, or float: true")
         spec_from_fields({**(spec or QuantSpec()).as_dict(), **rest}, at)  # validate now, name the field
         rules.append(Rule(item["pattern"], rest, False, at))
-    return Plan(spec, rules, clip)
+    return Plan(spec, rules, clip, _activation_bits(data.get("activations"), f"{where}.activations"))
+
+
+def _activation_bits(value: object, where: str) -> int | None:
+    from whisper_kdq.quant.activations import check_activation_bits
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"bits", "note"} or "bits" not in value:
+        raise UserError(f"{where}: expected null or {{\"bits\": 4-8}}")
+    return check_activation_bits(value["bits"], f"{where}.bits")
 
 
 def parse_override(text: str) -> Rule:
@@ -193,7 +207,8 @@ def parse_override(text: str) -> Rule:
 def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | None = None,
                       granularity: str | None = None, symmetric: bool | None = None,
                       component_bits: dict[str, int | None] | None = None,
-                      overrides: list[str] | None = None, clip: str | None = None, base: Plan | None = None) -> Plan:
+                      overrides: list[str] | None = None, clip: str | None = None, base: Plan | None = None,
+                      activation_bits: int | None = None) -> Plan:
     """The plan the CLI flags describe. Without a group size, 8 bits are per-channel (CTranslate2's
     int8 layout) and fewer bits use groups of 128 (per-channel 4-bit collapses whisper-base)."""
     clip = clip or (base.clip if base is not None else "mse")
@@ -221,4 +236,8 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
         plan.rules.append(Rule(COMPONENTS[name], {"bits": b}, False, where))
     for text in overrides or []:
         plan.rules.append(parse_override(text))
+    if activation_bits is not None:
+        from whisper_kdq.quant.activations import check_activation_bits
+
+        plan.activation_bits = check_activation_bits(activation_bits, "--act-bits")
     return plan

@@ -194,7 +194,7 @@ class UniformQuantizer(Quantizer):
         return _uniform_table(self.spec.bits, self.spec.symmetric)
 
     def encode(self, x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
-        # Same result as the nearest-level search of the base class, by rounding (much faster).
+        # Nearest level by rounding, ties to even (much faster than the base class search; QAT rounds alike).
         bits = self.spec.bits
         y = torch.nan_to_num(x if offset is None else x - offset[:, None]) / scale[:, None]
         if self.spec.symmetric:
