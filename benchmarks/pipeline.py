@@ -9,10 +9,11 @@ Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in res
 it is done: re-running skips finished rows and resumes unfinished training runs. Writes
 results.json (with machine, date, commit), results.md and pareto.png in --out. The default rows with
 the default settings (the whole train split, 895 utterances; 300 steps of 8 per student at lr 1e-4:
-the settings under which docs/DISTILL.md's students learn) are estimated at about 1 h 45 min on 2 idle
-CPU cores from the measured parts (teacher cache ~10 min once, ~5 min training + ~2 min evaluation per
-student, ~3 min per PTQ row, plus ~5 min of encoder outputs per quantization-aware run). The studies
-on the whole teacher (`Pipeline.studies`) add ~3 min per post-training row and ~25 min per KD+QAT row (measured
+the settings under which docs/DISTILL.md's students learn) took 97 min for their first 10 rows on 2 CPU
+cores (2026-11-30, partly beside the test suite): ~2-4 min per post-training row, ~18-24 min per student
+row (training, and evaluating students that loop on some clips); the whole default run is ~3 h there
+(not yet run to its end; a shorter run: lower --steps, or name the rows). The studies on the whole teacher
+(`Pipeline.studies`) add ~3 min per post-training row and ~30 min per KD+QAT row (measured
 2026-11-30); run them by name or with --rows all. On a GPU raise --steps, --ja/--en and --batch-size.
 """
 
