@@ -131,9 +131,9 @@ def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, gro
         base = load_plan(plan)  # validates, naming the field
         if scheme != "uniform" or group_size is not None:
             raise UserError("--scheme and --group-size apply to --quantize; with --plan use --override REGEX=SPEC")
-        if not any(b is not None for b in component_bits.values()) and not overrides and act_bits is None:
-            return json.loads(plan.read_text(encoding="utf-8"))  # as written, selection included
         data = json.loads(plan.read_text(encoding="utf-8"))
+        if not any(b is not None for b in component_bits.values()) and not overrides and act_bits is None:
+            return data  # as written, selection included
         merged = plan_from_options(component_bits=component_bits, overrides=overrides, base=base,
                                    activation_bits=act_bits).as_dict()
         return {**data, **merged}  # keeps the file's `selection` (layers to distil) beside the new rules

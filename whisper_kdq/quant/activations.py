@@ -60,6 +60,11 @@ def activation_layers(model: nn.Module, quantized_weights: set[str]) -> list[str
     return names
 
 
+def quantize_planned_activations(model: nn.Module, bits: int, specs: dict) -> nn.Module:
+    """`quantize_activations` on the layers whose weight `specs` (a plan resolved on `model`) quantizes."""
+    return quantize_activations(model, activation_layers(model, {n for n, s in specs.items() if s is not None}), bits)
+
+
 def _hooks(model: nn.Module) -> Iterator[tuple[str, nn.Module, int, RoundInputs]]:
     for name, module in model.named_modules():
         for key, hook in list(module._forward_pre_hooks.items()):

@@ -130,7 +130,7 @@ def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Ent
     extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
     return {
         "format": FORMAT_NAME,
-        "format_version": "1" if activations is None else "2",
+        "format_version": "1" if activations is None else str(FORMAT_VERSION),
         **extra,
         "config": model.config.to_json_string(use_diff=False),
         "generation_config": model.generation_config.to_json_string(use_diff=False),
@@ -230,9 +230,9 @@ def quantized_copy(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
                 q = quantize(t.detach().float().cpu(), spec, plan.clip if plan.clip != "output" else "mse")
                 t.copy_(dequantize(q).to(t.dtype))
     if plan.activation_bits is not None:
-        from whisper_kdq.quant.activations import activation_layers, quantize_activations
+        from whisper_kdq.quant.activations import quantize_planned_activations
 
-        quantize_activations(clone, activation_layers(clone, {n for n, s in specs.items() if s}), plan.activation_bits)
+        quantize_planned_activations(clone, plan.activation_bits, specs)
     return clone
 
 

@@ -80,10 +80,9 @@ def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scal
     parametrization, so they stay one tensor."""
     specs = plan.resolve(model.state_dict())
     if plan.activation_bits is not None:
-        from whisper_kdq.quant.activations import activation_layers, quantize_activations
+        from whisper_kdq.quant.activations import quantize_planned_activations
 
-        quantized = {n for n, spec in specs.items() if spec is not None}
-        quantize_activations(model, activation_layers(model, quantized), plan.activation_bits)
+        quantize_planned_activations(model, plan.activation_bits, specs)
     shared: dict[int, FakeQuantWeight] = {}
     modules = dict(model.named_modules())
     for name, module in modules.items():
