@@ -64,6 +64,38 @@ def test_teacher_cache_keeps_encoder_and_decoder_states(fixture_manifest, tiny_p
     assert TeacherCache(teacher, top_k=8, keep_hidden=True, keep_encoder_hidden=True).load(tmp_path / "p.pt") == 0
 
 
+def test_a_run_without_teacher_shares_the_encoder_outputs_and_keeps_the_teacher_part(fixture_manifest, tiny_processor,
+                                                                                      tmp_path):
+    """CE only (no teacher) over the teacher's frozen encoder leaves that encoder's outputs in the file; a KD run
+    then runs only the teacher's decoder, and a later CE-only save keeps the KD run's teacher outputs."""
+    teacher = tiny_model(seed=3)
+    utts = load_dataset(fixture_manifest).utterances[:2]
+    batch = make_batch(utts, tiny_processor)
+    path = tmp_path / "shared.pt"
+    ce_only = TeacherCache(None, top_k=8, keep_hidden=False, student_encoder=teacher.model.encoder, share_encoder=True)
+    ce_only.fill(batch, "cpu")
+    ce_only.save(path)
+
+    calls = []
+    teacher.model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    kd = TeacherCache(teacher, top_k=8, keep_hidden=True, student_encoder=teacher.model.encoder, share_encoder=True)
+    assert kd.load(path) == 2 and all(u.id not in kd for u in utts)  # encoder outputs only: teacher still to run
+    kd.fill(batch, "cpu")
+    assert calls == [] and all(u.id in kd for u in utts)
+    with torch.no_grad():
+        enc = teacher.model.encoder(batch.features).last_hidden_state
+        ref = teacher(encoder_outputs=(enc,), decoder_input_ids=batch.decoder_input_ids).logits
+    n = kd.outputs[utts[0].id].topk_ids.shape[0]
+    assert torch.equal(kd.outputs[utts[0].id].topk_ids[:, 0].long(), ref[0, :n].argmax(-1))
+    kd.save(path)
+
+    again = TeacherCache(None, top_k=8, keep_hidden=False, student_encoder=teacher.model.encoder, share_encoder=True)
+    assert again.load(path) == 2
+    again.save(path)
+    kept = TeacherCache(teacher, top_k=8, keep_hidden=True, student_encoder=teacher.model.encoder, share_encoder=True)
+    assert kept.load(path) == 4 and all(u.id in kept for u in utts)
+
+
 def test_pseudo_labels_keep_close_and_unlabelled_drop_far(monkeypatch):
     import numpy as np
 

@@ -43,34 +43,43 @@ class TeacherCache:
         self.outputs: dict[str, TeacherOutputs] = {}
         self.encoder_out: dict[str, torch.Tensor] = {}
         self.teacher_s = 0.0  # seconds spent on teacher / frozen-encoder work
+        self._kept: dict | None = None  # a loaded file's teacher part, kept when this run has no teacher
 
     def save(self, path) -> None:
-        """Keep the teacher's work for the next run on the same data (same teacher, same k)."""
+        """Keep the teacher's work for the next run on the same data (same teacher, same k). A run without
+        the teacher (CE only, shared frozen encoder) adds its encoder outputs and keeps the file's teacher part."""
         from whisper_kdq.fileio import atomic_file
 
+        teacher_part = {"top_k": self.top_k, "hidden": self.keep_hidden, "encoder_hidden": self.keep_encoder_hidden,
+                        "outputs": {u: asdict(o) for u, o in self.outputs.items()}}  # plain tensors: no pickled classes
+        if self.teacher is None:
+            teacher_part = self._kept or {"top_k": None, "hidden": False, "encoder_hidden": False, "outputs": {}}
         with atomic_file(path) as tmp:
-            torch.save({"top_k": self.top_k, "hidden": self.keep_hidden, "encoder_hidden": self.keep_encoder_hidden,
-                        "outputs": {u: asdict(o) for u, o in self.outputs.items()},  # plain tensors: no pickled classes
-                        "encoder_out": self.encoder_out if self.share_encoder else {}}, tmp)
+            torch.save({**teacher_part, "encoder_out": self.encoder_out if self.share_encoder else {}}, tmp)
 
     def load(self, path) -> int:
-        """Reuse a saved cache when it holds what this run needs; returns how many utterances it covered."""
+        """Reuse a saved cache for what it holds that this run needs; returns how many entries it gave
+        (`size()` counts the same way)."""
         try:
             saved = torch.load(path, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError, EOFError, AttributeError):
             return 0
-        if self.teacher is None:  # plain fine-tuning of a frozen teacher encoder: only its outputs are of use
-            self.encoder_out.update(saved["encoder_out"] if self.share_encoder else {})
-            return len(self.encoder_out)
+        if self.share_encoder:  # the teacher's encoder output is the same whatever the decoder-side settings
+            self.encoder_out.update(saved.get("encoder_out", {}))
+        if self.teacher is None:  # only the shared encoder's outputs are of use; the rest is written back
+            self._kept = {k: saved[k] for k in ("top_k", "hidden", "encoder_hidden", "outputs") if k in saved}
+            return self.size()
         if saved["top_k"] != self.top_k or (self.keep_hidden and not saved["hidden"]) \
                 or (self.keep_encoder_hidden and not saved.get("encoder_hidden")):
-            return 0
+            return self.size()
         # Files from before the plain-dict format hold TeacherOutputs objects (data.py resolves the old name).
         self.outputs.update({u: o if isinstance(o, TeacherOutputs) else TeacherOutputs(**o)
                              for u, o in saved["outputs"].items()})
-        if self.share_encoder:
-            self.encoder_out.update(saved["encoder_out"])
-        return len(saved["outputs"])
+        return self.size()
+
+    def size(self) -> int:
+        """Entries held: teacher outputs, plus the shared encoder's outputs (the ones a file keeps)."""
+        return len(self.outputs) + (len(self.encoder_out) if self.share_encoder else 0)
 
     def __contains__(self, uid: str) -> bool:
         teacher_ok = self.teacher is None or uid in self.outputs
@@ -82,9 +91,15 @@ class TeacherCache:
         start = time.perf_counter()
         feats = batch.features.to(device)
         t_enc = None
-        if self.teacher is not None and (any(u not in self.outputs for u in batch.ids) or self.share_encoder):
-            enc = self.teacher.get_encoder()(feats, output_hidden_states=self.keep_encoder_hidden)
-            t_enc = enc.last_hidden_state
+        need_teacher = self.teacher is not None and any(u not in self.outputs for u in batch.ids)
+        if self.teacher is not None and (need_teacher or (self.share_encoder and any(u not in self.encoder_out
+                                                                                      for u in batch.ids))):
+            if self.share_encoder and not self.keep_encoder_hidden and all(u in self.encoder_out for u in batch.ids):
+                enc = None  # a CE-only run already left the shared encoder's output: only the decoder runs
+                t_enc = torch.stack([self.encoder_out[u] for u in batch.ids]).to(device=device, dtype=feats.dtype)
+            else:
+                enc = self.teacher.get_encoder()(feats, output_hidden_states=self.keep_encoder_hidden)
+                t_enc = enc.last_hidden_state
             out = self.teacher(encoder_outputs=(t_enc,), decoder_input_ids=batch.decoder_input_ids.to(device),
                                output_hidden_states=self.keep_hidden)
             logits = out.logits.float()
@@ -99,7 +114,7 @@ class TeacherCache:
                     enc_hidden = torch.stack(enc.hidden_states[1:])[:, i, :f].half().cpu()
                 self.outputs[uid] = TeacherOutputs(logprobs[i, :n].half().cpu(), idx[i, :n].int().cpu(), hidden,
                                                    values[i, :n].half().cpu(), enc_hidden)
-        if self.student_encoder is not None:
+        if self.student_encoder is not None and any(u not in self.encoder_out for u in batch.ids):
             enc_out = t_enc if (self.share_encoder and t_enc is not None) else self.student_encoder(feats).last_hidden_state
             for i, uid in enumerate(batch.ids):
                 self.encoder_out[uid] = enc_out[i].half().cpu()

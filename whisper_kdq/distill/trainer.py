@@ -25,6 +25,7 @@ from whisper_kdq.distill.data import Batch, length_batches, make_batch, rank_sli
 from whisper_kdq.distill.losses import LossWeights, cross_entropy, hidden_kd, logit_kd
 from whisper_kdq.errors import UserError
 from whisper_kdq.models.students import Student
+from whisper_kdq.quant.fake import computed_once
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Trainer:
             kwargs["encoder_outputs"] = (cached["encoder_out"],)
         else:
             kwargs["input_features"] = batch.features
-        with self.acc.autocast():
+        with self.acc.autocast(), computed_once():  # the tied embedding's fake quantization once, not twice
             out = self.model(**kwargs)
         terms = {"ce": cross_entropy(out.logits, batch.labels)}
         if self.w.kd > 0:
@@ -286,10 +287,9 @@ class Trainer:
                 "best_dev_error": None if math.isinf(self.best[0]) else self.best[0]}
 
     def _save_cache(self) -> None:
-        if self.cache_file is not None and self.cache.teacher is not None and self.acc.is_main_process \
-                and len(self.cache.outputs) > self.cached_at_start:
+        if self.cache_file is not None and self.acc.is_main_process and self.cache.size() > self.cached_at_start:
             self.cache.save(self.cache_file)
-            self.cached_at_start = len(self.cache.outputs)
+            self.cached_at_start = self.cache.size()
 
     def _eval_and_keep_best(self) -> dict | None:
         result = self.evaluate()

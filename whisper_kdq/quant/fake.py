@@ -10,6 +10,7 @@ the packed checkpoint with the learned scales, so its logits equal the fake-quan
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import math
 from pathlib import Path
 
@@ -20,7 +21,22 @@ from torch.nn.utils import parametrize
 from whisper_kdq.quant.plan import Plan
 from whisper_kdq.quant.schemes import QuantSpec, _fp16_scale, _sorted_levels, choose_params
 
-__all__ = ["FakeQuantWeight", "prepare_qat", "qat_modules", "qat_params", "convert_to_packed"]
+__all__ = ["FakeQuantWeight", "prepare_qat", "qat_modules", "qat_params", "convert_to_packed", "computed_once"]
+
+_memo: dict[int, torch.Tensor] | None = None
+
+
+@contextmanager
+def computed_once():
+    """Within this context every fake-quantized weight is computed once, however many modules read it: the
+    token embedding and the output projection tied to it are one 26M-weight tensor in whisper, read twice
+    per forward. Use it around one forward pass (its backward may run after the context ends)."""
+    global _memo
+    outer, _memo = _memo, {}
+    try:
+        yield
+    finally:
+        _memo = outer
 
 
 def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
@@ -55,6 +71,14 @@ class FakeQuantWeight(nn.Module):
         return nn.functional.pad(x, (0, pad)).reshape(-1, self.spec.group_size)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if _memo is not None and id(self) in _memo:
+            return _memo[id(self)]
+        out = self._fake_quantize(w)
+        if _memo is not None:
+            _memo[id(self)] = out
+        return out
+
+    def _fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
         x = self._groups(w)
         # Forward value: exactly the fp16 scale the file stores; gradient: LSQ-scaled, to self.scale.
         g = _grad_scale(self.scale, self.grad_factor)
