@@ -47,3 +47,30 @@ def test_qat_trains_the_clip_and_packs_to_the_same_logits(tmp_path):
     tensors, _ = read_packed(tmp_path / "qat.safetensors")
     stored = tensors["model.decoder.layers.0.fc1.weight::scales"].float()
     assert torch.allclose(stored, fc1.scale.detach().half().float())
+
+
+def test_the_tied_embedding_is_fake_quantized_once_per_forward_with_the_same_result():
+    from whisper_kdq.quant.fake import computed_once
+
+    model = prepare_qat(tiny_model(), plan_from_options(bits=4, group_size=32))
+    fq = qat_modules(model)["model.decoder.embed_tokens.weight"]
+    calls = []
+    compute = fq._fake_quantize
+    fq._fake_quantize = lambda w: calls.append(1) or compute(w)  # counts the computations, not the reads
+
+    def step(memo: bool):
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        if memo:
+            with computed_once():
+                logits = _logits(model)
+        else:
+            logits = _logits(model)
+        logits.logsumexp(-1).mean().backward()  # backward after the context: the graph is kept
+        return logits.detach(), fq.scale.grad.clone(), len(calls)
+
+    plain, plain_grad, plain_calls = step(memo=False)
+    once, once_grad, once_calls = step(memo=True)
+    assert plain_calls >= 2 and once_calls == 1  # embed_tokens and proj_out read the same tensor
+    assert torch.equal(plain, once) and torch.allclose(plain_grad, once_grad, rtol=1e-5, atol=1e-7)
+    assert step(memo=True)[2] == 1  # a new context computes it afresh
