@@ -9,7 +9,8 @@ Every row runs the `whisper-kdq` CLI exactly as a user would, and is kept in res
 it is done: re-running skips finished rows and resumes unfinished training runs. Writes
 results.json (with machine, date, commit), results.md and pareto.png in --out.
 
-The defaults are sized to finish the issue's rows in under 2 hours on 2 CPU cores: 480 training
+The defaults are sized to finish the issue's rows in under 2 hours on 2 CPU cores (97.7 min from scratch,
+2026-11-30, docs/BENCHMARKS.md; the students are far from trained at this budget): 480 training
 utterances (300 ja + 180 en, a seeded subset of the train split) and 200 steps of 8 per student. Most of
 a student row is not its steps but running a (fake-quantized) encoder once over every training clip
 (~0.55 s per clip here) and decoding the test split; the teacher's encoder output is shared by the
