@@ -91,10 +91,10 @@ class TeacherCache:
         start = time.perf_counter()
         feats = batch.features.to(device)
         t_enc = None
-        need_teacher = self.teacher is not None and any(u not in self.outputs for u in batch.ids)
-        if self.teacher is not None and (need_teacher or (self.share_encoder and any(u not in self.encoder_out
-                                                                                      for u in batch.ids))):
-            if self.share_encoder and not self.keep_encoder_hidden and all(u in self.encoder_out for u in batch.ids):
+        missing_outputs = any(u not in self.outputs for u in batch.ids)
+        missing_shared = self.share_encoder and any(u not in self.encoder_out for u in batch.ids)
+        if self.teacher is not None and (missing_outputs or missing_shared):
+            if self.share_encoder and not missing_shared and not self.keep_encoder_hidden:
                 enc = None  # a CE-only run already left the shared encoder's output: only the decoder runs
                 t_enc = torch.stack([self.encoder_out[u] for u in batch.ids]).to(device=device, dtype=feats.dtype)
             else:

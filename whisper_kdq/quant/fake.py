@@ -10,8 +10,8 @@ the packed checkpoint with the learned scales, so its logits equal the fake-quan
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
