@@ -6,7 +6,7 @@ import torch
 
 from whisper_kdq.data.manifest import load_dataset
 from whisper_kdq.distill.cache import TeacherCache
-from whisper_kdq.distill.data import PROMPT_LEN, length_batches, make_batch, rank_slice
+from whisper_kdq.distill.data import PROMPT_LEN, FeatureMemo, length_batches, make_batch, rank_slice
 from tests.conftest import tiny_model
 
 
@@ -36,6 +36,23 @@ def test_make_batch_labels_and_frames(fixture_manifest, tiny_processor):
         assert int(batch.frames[i]) == -(-len(u.load()) // 320)
     fm = batch.frame_mask()
     assert fm.shape == (3, int(batch.frames.max())) and fm.sum(1).tolist() == batch.frames.tolist()
+
+
+def test_feature_memo_computes_each_clip_once_and_gives_the_same_batch(fixture_manifest, tiny_processor, monkeypatch):
+    utts = load_dataset(fixture_manifest).utterances[:3]
+    plain = make_batch(utts, tiny_processor)
+    memo = FeatureMemo(tiny_processor)
+    calls = []
+    extract = tiny_processor.feature_extractor.__class__.__call__
+    monkeypatch.setattr(tiny_processor.feature_extractor.__class__, "__call__",
+                        lambda self, audio, **kw: calls.append(len(audio)) or extract(self, audio, **kw))
+    first = make_batch(utts[:2], tiny_processor, features=memo)
+    again = make_batch(list(reversed(utts)), tiny_processor, features=memo)  # only the third clip is new
+    assert calls == [2, 1] and len(memo) == 3
+    assert torch.equal(again.features, plain.features.flip(0)) and torch.equal(again.frames, plain.frames.flip(0))
+    assert torch.equal(first.features, plain.features[:2])
+    full = FeatureMemo(tiny_processor, max_bytes=plain.features[0].nbytes)  # room for one clip: the rest recomputed
+    assert torch.equal(make_batch(utts, tiny_processor, features=full).features, plain.features) and len(full) == 1
 
 
 def test_teacher_cache_keeps_encoder_and_decoder_states(fixture_manifest, tiny_processor, tmp_path):

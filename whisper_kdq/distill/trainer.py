@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 from whisper_kdq.data.manifest import Dataset
 from whisper_kdq.distill import checkpointing as ckpt
 from whisper_kdq.distill.cache import TeacherCache
-from whisper_kdq.distill.data import Batch, length_batches, make_batch, rank_slice
+from whisper_kdq.distill.data import Batch, FeatureMemo, length_batches, make_batch, rank_slice
 from whisper_kdq.distill.losses import LossWeights, cross_entropy, hidden_kd, logit_kd
 from whisper_kdq.errors import UserError
 from whisper_kdq.models.students import Student
@@ -132,6 +132,7 @@ class Trainer:
         self.cache_file = Path(cfg.teacher_cache) if cfg.teacher_cache and (t_model is not None or share) else None
         self.cached_at_start = self.cache.load(self.cache_file) if self.cache_file and self.cache_file.is_file() else 0
         self.log = ckpt.MetricsLog(run_dir / "metrics.jsonl", enabled=self.acc.is_main_process)
+        self.features = FeatureMemo(student.loaded.processor)
         self.step = 0
         self.best = (math.inf, None)
 
@@ -154,7 +155,8 @@ class Trainer:
         if self.acc.num_processes > 1:  # which utterances each rank trained on: proof that ranks differ
             ckpt.MetricsLog(self.run_dir / f"rank-{self.acc.process_index}.jsonl").write(
                 {"index": index, "ids": [self.train.utterances[i].id for i in mine]})
-        return make_batch([self.train.utterances[i] for i in mine], self.student.loaded.processor, self.hooks.texts)
+        return make_batch([self.train.utterances[i] for i in mine], self.student.loaded.processor, self.hooks.texts,
+                          self.features)
 
     # -------------------------------------------------------------------------------- one step
     def _loss(self, batch: Batch) -> dict[str, torch.Tensor]:
