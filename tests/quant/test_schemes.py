@@ -73,3 +73,13 @@ def test_parse_spec_round_trips_short_names():
         assert parse_spec(spec.short) == spec
     with pytest.raises(UserError, match="bad quantization spec"):
         parse_spec("int4")
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "apot"])
+def test_codes_and_values_stay_on_the_device_of_the_weights(scheme):
+    """Packing a model trained on a GPU: the level tables (built on the CPU) follow the weights' device.
+    The `meta` device stands in for CUDA here: mixing it with CPU tensors fails the same way."""
+    q = quantizer_for(QuantSpec(scheme=scheme, bits=4, granularity="group", group_size=8))
+    x, scale = torch.randn(4, 8, device="meta"), torch.ones(4, device="meta")
+    codes = q.encode(x, scale, None)
+    assert codes.device.type == "meta" and q.decode(codes, scale, None).device.type == "meta"

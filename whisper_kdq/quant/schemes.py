@@ -161,14 +161,15 @@ class Quantizer(ABC):
         """Nearest code of each element of `x` [G, L] (long)."""
         y = x if offset is None else x - offset[:, None]
         y = y / scale[:, None]
-        values, codes = _sorted_levels(self.spec)
+        values, codes = (t.to(y.device) for t in _sorted_levels(self.spec))
         mid = (values[1:] + values[:-1]) / 2
         idx = torch.bucketize(torch.nan_to_num(y), mid)
         return codes[idx]
 
     def decode(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
                table: torch.Tensor | None = None) -> torch.Tensor:
-        y = (self.table() if table is None else table.float())[codes.long()] * scale[:, None]
+        table = (self.table() if table is None else table.float()).to(codes.device)
+        y = table[codes.long()] * scale[:, None]
         return y if offset is None else y + offset[:, None]
 
     def error(self, x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
