@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every row's steps (a quick check: 0.01)")
+    ap.add_argument("--ce", type=float, default=0.3, help="weight of cross-entropy on the references (0: KD only)")
     ap.add_argument("--rows", default="", help="comma-separated row numbers (1-based) to run; default all")
     args = ap.parse_args()
     start = time.monotonic()
@@ -101,7 +102,7 @@ def main() -> None:
         run = args.out / plan.stem
         cmd = [sys.executable, "-m", "whisper_kdq", "distill", "--teacher", args.teacher,
                "--data", str(args.corpus / "train.jsonl"), "--eval-data", str(args.corpus / "dev.jsonl"),
-               "--plan", str(plan), "--ce", "0.3", "--kd", "1", "--hidden", "1", "--matching", "static",
+               "--plan", str(plan), "--ce", str(args.ce), "--kd", "1", "--hidden", "1", "--matching", "static",
                "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
                "--warmup", str(max(1, steps // 10)), "--eval-every", str(max(1, steps // 8)),
                "--save-every", str(max(1, steps // 4)), "--keep", "1",
@@ -115,7 +116,8 @@ def main() -> None:
             continue
         summary = json.loads(done.stdout)
         per_step = (wall - 30) / steps  # less model loading; evaluation on dev included
-        record({"row": name, "plan": json.loads(plan.read_text()), "steps": steps, "lr": lr, "batch_size": args.batch_size,
+        record({"row": name if args.ce == 0.3 else name.replace("CE 0.3+", f"CE {args.ce:g}+"),
+                "plan": json.loads(plan.read_text()), "ce": args.ce, "steps": steps, "lr": lr, "batch_size": args.batch_size,
                 "train_wall_s": round(wall, 1), "best_dev_error": summary.get("best_dev_error"),
                 "model_bytes": summary.get("model_bytes"), "model": summary.get("model"),
                 **evaluate(summary["model"])})
