@@ -30,6 +30,8 @@ def evaluate(
     engine: str = typer.Option("transformers", help=f"Decoding engine: {', '.join(ENGINES)} (CTranslate2 directories only)."),
     compute_type: str = typer.Option("default", help="ctranslate2 engine only: default (int8 weights run int8), float32, int8_float32, …"),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    fallback: bool = typer.Option(False, "--fallback", help="Re-decode looping or unsure clips by sampling at rising "
+                                  "temperatures (openai/whisper's fallback; seeded, so reproducible)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable rows and report them instead of stopping."),
     predictions: Optional[Path] = typer.Option(None, help="Write every hypothesis beside its reference (JSONL)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --predictions if it exists."),
@@ -51,7 +53,7 @@ def evaluate(
                       console=console, transient=True, disable=as_json and not console.is_terminal) as bar:
             task = bar.add_task("decode", total=len(dataset))
             results.append(evaluate_model(loaded, dataset, batch_size=batch_size, beam_size=beam_size,
-                                          device=device, engine=engine, compute_type=compute_type, progress=lambda n: bar.advance(task, n)))
+                                          device=device, engine=engine, compute_type=compute_type, fallback=fallback, progress=lambda n: bar.advance(task, n)))
         del loaded
     if predictions is not None:
         lines = [json.dumps({"model": r["model"], **p}, ensure_ascii=False) for r in results for p in r["predictions"]]

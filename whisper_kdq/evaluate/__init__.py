@@ -27,6 +27,7 @@ def evaluate_model(
     device: str = "cpu",
     engine: str = "transformers",
     compute_type: str = "default",
+    fallback: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Decode `dataset` with `loaded` and score it per language.
@@ -37,8 +38,10 @@ def evaluate_model(
     utterances = dataset.utterances
     if engine == "transformers":
         out = transcribe(loaded.model, loaded.processor, utterances, batch_size=batch_size,
-                         beam_size=beam_size, device=device, progress=progress)
+                         beam_size=beam_size, device=device, fallback=fallback, progress=progress)
     elif engine == "ctranslate2":
+        if fallback:
+            raise UserError("--fallback needs the transformers engine (CTranslate2's generate has no temperature fallback)")
         if loaded.kind != "ctranslate2" or loaded.path is None:
             raise UserError(f"--engine ctranslate2 needs a CTranslate2 directory; {loaded.ref} is a {loaded.kind} model "
                             "(export it with `whisper-kdq export --format ct2`)")
@@ -46,7 +49,7 @@ def evaluate_model(
                              beam_size=beam_size, device=device, compute_type=compute_type, progress=progress)
     else:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    return _report(loaded, dataset, out, engine)
+    return {**_report(loaded, dataset, out, engine), "decoding": {"beam_size": beam_size, "fallback": fallback}}
 
 
 def _report(loaded: LoadedModel, dataset: Dataset, out: Transcripts, engine: str) -> dict:

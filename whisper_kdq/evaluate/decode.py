@@ -22,6 +22,11 @@ from whisper_kdq.errors import UserError
 
 TOKENS_PER_SECOND = 30
 MAX_NEW_TOKENS = 440  # Whisper's 448 positions minus the prompt
+# openai/whisper's temperature fallback, as transformers implements it: a clip whose tokens compress
+# too well (a repetition loop) or whose mean log-probability is too low is decoded again by sampling
+# at the next temperature. transformers measures compression on token ids, hence 1.35, not 2.4.
+FALLBACK = {"temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "compression_ratio_threshold": 1.35,
+            "logprob_threshold": -1.0}
 ProgressFn = Callable[[int], None]  # called with the number of utterances just finished
 
 
@@ -65,9 +70,12 @@ def transcribe(
     batch_size: int = 8,
     beam_size: int = 1,
     device: str = "cpu",
+    fallback: bool = False,
+    seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> Transcripts:
-    """Transcribe with a transformers `WhisperForConditionalGeneration`."""
+    """Transcribe with a transformers `WhisperForConditionalGeneration`; `fallback` re-decodes the clips
+    that loop or are unsure by sampling at rising temperatures (seeded per batch: reproducible)."""
     hf_logging.set_verbosity_error()  # transformers' own deprecation chatter about generation configs
     multilingual = bool(getattr(model.generation_config, "is_multilingual", True))
     hypotheses: list[str] = [""] * len(utterances)
@@ -80,8 +88,13 @@ def transcribe(
         language = utterances[batch[0]].language
         kwargs = {"task": "transcribe", "language": language} if multilingual else {}
         limit = token_limit([audio[i] for i in batch])
+        if fallback:
+            kwargs.update(FALLBACK)
+            torch.manual_seed(seed + batch[0])
+        else:
+            kwargs["do_sample"] = False
         with torch.inference_mode():
-            tokens = model.generate(features, num_beams=beam_size, do_sample=False, max_new_tokens=limit, **kwargs)
+            tokens = model.generate(features, num_beams=beam_size, max_new_tokens=limit, **kwargs)
         texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         for i, text in zip(batch, texts):
             hypotheses[i] = text.strip()
