@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every row's steps (a quick check: 0.01)")
     ap.add_argument("--ce", type=float, default=0.3, help="weight of cross-entropy on the references (0: KD only)")
+    ap.add_argument("--fallback", action="store_true", help="evaluate with temperature fallback (evaluate --fallback)")
     ap.add_argument("--rows", default="", help="comma-separated row numbers (1-based) to run; default all")
     args = ap.parse_args()
     start = time.monotonic()
@@ -74,7 +75,8 @@ def main() -> None:
 
     def evaluate(ref: str) -> dict:
         t = time.monotonic()
-        report = evaluate_model(load_model(ref, args.device), test, batch_size=32, device=args.device)
+        report = evaluate_model(load_model(ref, args.device), test, batch_size=32, device=args.device,
+                                fallback=args.fallback)
         report.pop("predictions", None)
         return {"test": report, "eval_s": round(time.monotonic() - t, 1)}
 
