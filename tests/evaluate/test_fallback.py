@@ -29,3 +29,30 @@ def test_fallback_is_refused_for_the_ctranslate2_engine(fixture_manifest, tiny_p
     loaded = LoadedModel(tiny_model(), tiny_processor, "tiny", "transformers", None, 0)
     with pytest.raises(UserError, match="transformers engine"):
         evaluate_model(loaded, load_dataset(fixture_manifest, limit=1), engine="ctranslate2", fallback=True)
+
+
+@pytest.mark.integration
+def test_fallback_repairs_loops_of_real_whisper_base_at_4_bits_per_channel(fixture_manifest):
+    """Real whisper-base rounded to 4 bits per output channel (no groups) loops on real speech; the
+    fallback decodes those clips again, and the error does not grow."""
+    from torch.nn.utils import parametrize
+
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.quant.fake import prepare_qat
+    from whisper_kdq.quant.plan import plan_from_options
+
+    base = load_model("base")
+    broken = prepare_qat(base.model, plan_from_options(bits=4, granularity="per-channel")).eval()
+    loaded = LoadedModel(broken, base.processor, "base-rtn4-channel", "transformers", None, 0)
+    dataset = load_dataset(fixture_manifest)
+    with parametrize.cached():  # the fake-quantized weights once, not at every decoding step
+        greedy = evaluate_model(loaded, dataset)
+        again = evaluate_model(loaded, dataset, fallback=True)
+    looping = [p for p in greedy["predictions"] if len(p["hypothesis"]) > 2 * len(p["reference"]) + 20]
+    assert looping, "expected this model to loop on some clip"
+    changed = {p["id"] for p, q in zip(greedy["predictions"], again["predictions"]) if p["hypothesis"] != q["hypothesis"]}
+    assert {p["id"] for p in looping} <= changed
+    for lang, stats in again["languages"].items():
+        key = "cer" if lang == "ja" else "wer"
+        assert stats[key] <= greedy["languages"][lang][key]
+    assert again["decoding"] == {"beam_size": 1, "fallback": True}
