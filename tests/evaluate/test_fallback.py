@@ -1,6 +1,7 @@
 """Temperature fallback in decoding: loops are decoded again by seeded sampling, reproducibly."""
 
 import pytest
+import torch
 
 from tests.conftest import tiny_model
 from whisper_kdq.data.manifest import load_dataset
@@ -19,7 +20,9 @@ def test_fallback_redecodes_a_looping_model_and_is_reproducible(fixture_manifest
     seen = []
     generate = model.generate
     model.generate = lambda *a, **kw: seen.append(kw) or generate(*a, **kw)
+    state = torch.random.get_rng_state()
     first = transcribe(model, tiny_processor, utts, fallback=True).hypotheses
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left as it was
     again = transcribe(model, tiny_processor, utts, fallback=True).hypotheses
     assert first == again and first != greedy
     assert all(kw["temperature"] == FALLBACK["temperature"] and "do_sample" not in kw for kw in seen)

@@ -88,12 +88,10 @@ def transcribe(
         language = utterances[batch[0]].language
         kwargs = {"task": "transcribe", "language": language} if multilingual else {}
         limit = token_limit([audio[i] for i in batch])
-        if fallback:
-            kwargs.update(FALLBACK)
+        kwargs.update(FALLBACK if fallback else {"do_sample": False})
+        # Seeded per batch, in a fork of the random state: reproducible, and the caller's state untouched.
+        with torch.random.fork_rng(devices=None if device.startswith("cuda") else []), torch.inference_mode():
             torch.manual_seed(seed + batch[0])
-        else:
-            kwargs["do_sample"] = False
-        with torch.inference_mode():
             tokens = model.generate(features, num_beams=beam_size, max_new_tokens=limit, **kwargs)
         texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         for i, text in zip(batch, texts):
