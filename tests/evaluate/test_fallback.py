@@ -5,9 +5,8 @@ import torch
 
 from tests.conftest import tiny_model
 from whisper_kdq.data.manifest import load_dataset
-from whisper_kdq.errors import UserError
 from whisper_kdq.evaluate import evaluate_model
-from whisper_kdq.evaluate.decode import FALLBACK, transcribe
+from whisper_kdq.evaluate.decode import FALLBACK, TEXT_COMPRESSION_THRESHOLD, compression_ratio, transcribe, transcribe_ct2
 from whisper_kdq.models.refs import LoadedModel
 
 
@@ -28,10 +27,24 @@ def test_fallback_redecodes_a_looping_model_and_is_reproducible(fixture_manifest
     assert all(kw["temperature"] == FALLBACK["temperature"] and "do_sample" not in kw for kw in seen)
 
 
-def test_fallback_is_refused_for_the_ctranslate2_engine(fixture_manifest, tiny_processor):
-    loaded = LoadedModel(tiny_model(), tiny_processor, "tiny", "transformers", None, 0)
-    with pytest.raises(UserError, match="transformers engine"):
-        evaluate_model(loaded, load_dataset(fixture_manifest, limit=1), engine="ctranslate2", fallback=True)
+def test_ctranslate2_fallback_redecodes_loops_reproducibly(tiny_model_dir, fixture_manifest, tiny_processor, tmp_path):
+    """The same for the CTranslate2 engine, with openai/whisper's criteria (text compression, mean log-prob)."""
+    from whisper_kdq.export import export_model
+    from whisper_kdq.models.refs import load_model
+
+    export_model(load_model(str(tiny_model_dir)), "ct2", tmp_path / "ct2")
+    utts = load_dataset(fixture_manifest).utterances[:2]
+    greedy = transcribe_ct2(tmp_path / "ct2", tiny_processor, utts).hypotheses
+    assert max(compression_ratio(h) for h in greedy) > TEXT_COMPRESSION_THRESHOLD  # the random model loops
+    first = transcribe_ct2(tmp_path / "ct2", tiny_processor, utts, fallback=True).hypotheses
+    again = transcribe_ct2(tmp_path / "ct2", tiny_processor, utts, fallback=True).hypotheses
+    assert first == again and first != greedy
+
+
+def test_compression_ratio_tells_a_loop_from_speech():
+    assert compression_ratio("The cat is sleeping on the sofa.") < 1.5
+    assert compression_ratio("the the the the the the the the the the the the the the the the the") > 3
+    assert compression_ratio("") == 0.0
 
 
 @pytest.mark.integration

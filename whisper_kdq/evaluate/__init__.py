@@ -40,13 +40,12 @@ def evaluate_model(
         out = transcribe(loaded.model, loaded.processor, utterances, batch_size=batch_size,
                          beam_size=beam_size, device=device, fallback=fallback, progress=progress)
     elif engine == "ctranslate2":
-        if fallback:
-            raise UserError("--fallback needs the transformers engine (CTranslate2's generate has no temperature fallback)")
         if loaded.kind != "ctranslate2" or loaded.path is None:
             raise UserError(f"--engine ctranslate2 needs a CTranslate2 directory; {loaded.ref} is a {loaded.kind} model "
                             "(export it with `whisper-kdq export --format ct2`)")
         out = transcribe_ct2(loaded.path, loaded.processor, utterances, batch_size=batch_size,
-                             beam_size=beam_size, device=device, compute_type=compute_type, progress=progress)
+                             beam_size=beam_size, device=device, compute_type=compute_type, fallback=fallback,
+                             progress=progress)
     else:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     return {**_report(loaded, dataset, out, engine), "decoding": {"beam_size": beam_size, "fallback": fallback}}

@@ -22,11 +22,13 @@ from whisper_kdq.errors import UserError
 
 TOKENS_PER_SECOND = 30
 MAX_NEW_TOKENS = 440  # Whisper's 448 positions minus the prompt
-# openai/whisper's temperature fallback, as transformers implements it: a clip whose tokens compress
-# too well (a repetition loop) or whose mean log-probability is too low is decoded again by sampling
-# at the next temperature. transformers measures compression on token ids, hence 1.35, not 2.4.
+# openai/whisper's temperature fallback: a clip whose output compresses too well (a repetition loop) or
+# whose mean log-probability is too low is decoded again by sampling at the next temperature. transformers
+# measures compression on token ids (hence 1.35); for CTranslate2 we measure the text, as openai/whisper
+# and faster-whisper do (2.4).
 FALLBACK = {"temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "compression_ratio_threshold": 1.35,
             "logprob_threshold": -1.0}
+TEXT_COMPRESSION_THRESHOLD = 2.4
 ProgressFn = Callable[[int], None]  # called with the number of utterances just finished
 
 
@@ -111,9 +113,12 @@ def transcribe_ct2(
     beam_size: int = 1,
     device: str = "cpu",
     compute_type: str = "default",
+    fallback: bool = False,
+    seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> Transcripts:
-    """Transcribe with the CTranslate2 engine (the runtime faster-whisper uses)."""
+    """Transcribe with the CTranslate2 engine (the runtime faster-whisper uses); `fallback` as in
+    `transcribe`, with the criteria of openai/whisper's own implementation."""
     try:
         import ctranslate2
     except ImportError:
@@ -143,10 +148,49 @@ def transcribe_ct2(
         else:
             prompts = [tok.convert_tokens_to_ids(prompt)] * len(batch)
         limit = token_limit([audio[i] for i in batch])
-        results = engine.generate(storage, prompts, beam_size=beam_size, max_length=limit + len(prompts[0]))
-        for i, result in zip(batch, results):
-            hypotheses[i] = tok.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
+        results = engine.generate(storage, prompts, beam_size=beam_size, max_length=limit + len(prompts[0]),
+                                  return_scores=fallback)
+        texts = [tok.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in results]
+        if fallback:
+            ctranslate2.set_random_seed(seed + batch[0])
+            _ct2_fallback(engine, tok, features, prompts, results, texts, limit)
+        for i, text in zip(batch, texts):
+            hypotheses[i] = text
         if progress:
             progress(len(batch))
     wall = time.perf_counter() - start
     return Transcripts(hypotheses, wall, sum(len(a) for a in audio) / SAMPLE_RATE)
+
+
+def _ct2_fallback(engine, tok, features: np.ndarray, prompts: list, results: list, texts: list[str], limit: int) -> None:
+    """Decode again, in place, the clips of a batch that loop or are unsure, sampling at each next
+    temperature until they pass (openai/whisper's rule; the last try is kept)."""
+    import ctranslate2
+
+    def fails(result, text: str) -> bool:
+        n = len(result.sequences_ids[0])
+        # CTranslate2's score is the log-probability divided by the length; openai divides by length + 1.
+        avg_logprob = result.scores[0] * n / (n + 1)
+        return compression_ratio(text) > TEXT_COMPRESSION_THRESHOLD or avg_logprob < FALLBACK["logprob_threshold"]
+
+    redo = [k for k, (r, t) in enumerate(zip(results, texts)) if fails(r, t)]
+    for temperature in FALLBACK["temperature"][1:]:
+        if not redo:
+            return
+        storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[redo]))
+        again = engine.generate(storage, [prompts[k] for k in redo], beam_size=1, sampling_temperature=temperature,
+                                sampling_topk=0, max_length=limit + len(prompts[0]), return_scores=True)
+        still = []
+        for k, r in zip(redo, again):
+            texts[k] = tok.decode(r.sequences_ids[0], skip_special_tokens=True).strip()
+            if fails(r, texts[k]):
+                still.append(k)
+        redo = still
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of `text` over bytes of its zlib compression: ~1 for speech, large for a loop."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
