@@ -8,6 +8,7 @@ transformers model itself, and the CTranslate2 engine for CTranslate2 directorie
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -190,7 +191,5 @@ def _ct2_fallback(engine, tok, features: np.ndarray, prompts: list, results: lis
 
 def compression_ratio(text: str) -> float:
     """Bytes of `text` over bytes of its zlib compression: ~1 for speech, large for a loop."""
-    import zlib
-
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
