@@ -49,6 +49,7 @@ def test_feature_memo_computes_each_clip_once_and_gives_the_same_batch(fixture_m
     first = make_batch(utts[:2], tiny_processor, features=memo)
     again = make_batch(list(reversed(utts)), tiny_processor, features=memo)  # only the third clip is new
     assert calls == [2, 1] and len(memo) == 3
+    assert all(f.untyped_storage().nbytes() == f.nbytes for f, _ in memo._kept.values())  # no batch kept alive
     assert torch.equal(again.features, plain.features.flip(0)) and torch.equal(again.frames, plain.frames.flip(0))
     assert torch.equal(first.features, plain.features[:2])
     full = FeatureMemo(tiny_processor, max_bytes=plain.features[0].nbytes)  # room for one clip: the rest recomputed

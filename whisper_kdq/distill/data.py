@@ -75,9 +75,10 @@ class FeatureMemo:
         fresh = dict(zip(new, zip(*_features(list(new.values()), self.processor)))) if new else {}
         for uid, (feats, frames) in fresh.items():
             if self.bytes + feats.nbytes <= self.max_bytes:
-                self._kept[uid] = (feats, frames)
+                # A copy: a row of the batch tensor would keep the whole batch alive, past `max_bytes`.
+                self._kept[uid] = (feats.clone(), frames)
                 self.bytes += feats.nbytes
-        rows = [self._kept.get(u.id) or fresh[u.id] for u in utterances]
+        rows = [self._kept[u.id] if u.id in self._kept else fresh[u.id] for u in utterances]
         return torch.stack([f for f, _ in rows]), torch.tensor([n for _, n in rows])
 
 
