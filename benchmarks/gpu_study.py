@@ -95,7 +95,7 @@ def main() -> None:
             steps = min(steps, fit)
         if isinstance(plan, dict):
             try:
-                plan = select_plan(args, plan, test_device=args.device)
+                plan = select_plan(args, plan)
             except subprocess.CalledProcessError as exc:
                 record({"row": name, "failed": exc.stderr.strip().splitlines()[-5:], "cmd": exc.cmd})
                 continue
@@ -125,7 +125,7 @@ def main() -> None:
                 **evaluate(summary["model"])})
 
 
-def select_plan(args, want: dict, test_device: str) -> Path:
+def select_plan(args, want: dict) -> Path:
     """`select-layers` (guided, per weight matrix) for the bits left once the positional tables are
     8-bit, then the 8-bit rule added: the plan of size FP32_BYTES / ratio."""
     from whisper_kdq.quant.checkpoint import predict_packed
@@ -141,7 +141,7 @@ def select_plan(args, want: dict, test_device: str) -> Path:
     cmd = [sys.executable, "-m", "whisper_kdq", "select-layers", "--model", args.teacher, "--teacher", args.teacher,
            "--calibration", str(args.corpus / "dev.jsonl"), "--granularity", "linear",
            "--low-bits", str(want["low_bits"]), "--high-bits", str(want["high_bits"]), "--group-size", "128",
-           "--target-mb", f"{target_mb:.3f}", "--out", str(out), "--device", test_device, "--force", "--json"]
+           "--target-mb", f"{target_mb:.3f}", "--out", str(out), "--device", args.device, "--force", "--json"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     plan = json.loads(out.read_text())
     plan["rules"].append(POSITIONS_8BIT)

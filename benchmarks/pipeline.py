@@ -62,7 +62,7 @@ class Pipeline:
                 "--engine", engine]
         if self.a.test_limit:
             args += ["--limit", str(self.a.test_limit)]
-        if self.a.fallback and engine == "transformers":  # CTranslate2's generate has none
+        if self.a.fallback:
             args.append("--fallback")
         m = self.cli(*args)["models"][0]
         return {"model": model, "size_bytes": m["size_bytes"], "params": m["params"], "cer_ja": m["languages"]["ja"]["cer"],
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     p.add_argument("--target-ratio", type=float, default=10.5)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
     p.add_argument("--fallback", action="store_true",
-                   help="decode with `evaluate --fallback` (transformers rows; use a fresh --out: finished rows are kept)")
+                   help="decode with `evaluate --fallback`, both engines (use a fresh --out: finished rows are kept)")
     p.add_argument("--rows", default=None,
                    help="comma-separated row names, or 'all' (default: the issue's rows, without the extra teacher studies)")
     p.add_argument("--device", default="auto")
