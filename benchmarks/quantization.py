@@ -5,6 +5,10 @@
 Each configuration is quantized to a packed checkpoint, re-loaded from the file (so the numbers are
 those of the artefact) and evaluated; results are appended to quantization.json as they come, and
 quantization_table.md is re-rendered after every row. `--only NAME ...` runs a subset.
+
+The `gptq-*` rows are GPTQ on the same grids (`quantize --method gptq`), calibrated on
+`--calibration-clips` clips of the `--calibration-split` split (train: never the evaluated one); the
+calibration statistics are computed once per run and shared by those rows.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from whisper_kdq.data.manifest import load_dataset
 from whisper_kdq.evaluate import evaluate_model
 from whisper_kdq.export import export_model
 from whisper_kdq.models.refs import load_model
+from whisper_kdq.quant.calibrate import input_hessians
 from whisper_kdq.quant.checkpoint import save_packed
+from whisper_kdq.quant.gptq import gptq_targets, gptq_tensors, linear_weights
 from whisper_kdq.quant.plan import plan_from_options
 
 # name -> plan_from_options kwargs; "embedding": 0 keeps the token embedding float.
@@ -38,6 +44,13 @@ CONFIGS: dict[str, dict] = {
     "apot4-g128-embfloat": dict(bits=4, scheme="apot", group_size=128, component_bits={"embedding": 0}),
     "uniform8-g128": dict(bits=8, scheme="uniform", group_size=128),
     "apot8-g128": dict(bits=8, scheme="apot", group_size=128),
+    # GPTQ (error-correcting rounding) on the grids above: same sizes, other codes.
+    "gptq-uniform4-g128": dict(bits=4, scheme="uniform", group_size=128, method="gptq"),
+    "gptq-uniform4-g32": dict(bits=4, scheme="uniform", group_size=32, method="gptq"),
+    "gptq-uniform3-g128": dict(bits=3, scheme="uniform", group_size=128, method="gptq"),
+    "gptq-uniform4-channel": dict(bits=4, scheme="uniform", granularity="per-channel", method="gptq"),
+    "gptq-apot4-g128": dict(bits=4, scheme="apot", group_size=128, method="gptq"),
+    "uniform4-g32": dict(bits=4, scheme="uniform", group_size=32),
 }
 
 
@@ -69,6 +82,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ct2-compute", action="store_true", help="also decode the int8 export with float32 compute")
+    ap.add_argument("--calibration-split", default="train", help="split of --manifest that calibrates the gptq rows")
+    ap.add_argument("--calibration-clips", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -88,12 +103,27 @@ def main() -> None:
     if "fp32 (source)" not in done and (args.only is None or "fp32" in args.only):
         record(row("fp32 (source)", evaluate_model(source, dataset), fp32, fp32, {"bpw": 32.0}))
     ckpts = args.out / "checkpoints"
+    hessians: dict = {}
     for name, kwargs in CONFIGS.items():
         if name in done or (args.only is not None and name not in args.only):
             continue
         start = time.time()
         path = ckpts / f"{name}.safetensors"
-        summary = save_packed(path, source.model, source.processor, plan_from_options(**kwargs), force=True)
+        kwargs = dict(kwargs)
+        method = kwargs.pop("method", "rtn")
+        plan = plan_from_options(**kwargs)
+        quantized = None
+        if method == "gptq":
+            specs = plan.resolve(source.model.state_dict())
+            targets = gptq_targets(source.model, specs)
+            if not hessians:  # from the float model: the same for every gptq row
+                calibration = load_dataset(args.manifest, split=args.calibration_split)
+                hessians.update(input_hessians(source.model, source.processor, calibration,
+                                               linear_weights(source.model), args.calibration_clips))
+            quantized = gptq_tensors(source.model, specs, {n: hessians[n] for n in targets if n in hessians})
+            kwargs["method"] = "gptq"
+            kwargs["calibration"] = {"split": args.calibration_split, "clips": args.calibration_clips}
+        summary = save_packed(path, source.model, source.processor, plan, force=True, quantized=quantized)
         packed = load_model(str(path))
         r = row(name, evaluate_model(packed, dataset), summary["file_bytes"], fp32,
                 {"bpw": summary["bits_per_weight_quantized"], "payload_bytes": summary["payload_bytes"],

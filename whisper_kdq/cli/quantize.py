@@ -29,8 +29,10 @@ def quantize(
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Also round the inputs of quantized linear layers to N bits (4-8) per token, at run time (default: float activations)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Per-tensor plan JSON (docs/PLAN.md); flags above add rules after it."),
     clip: Optional[str] = typer.Option(None, help="Clipping search: mse (weight error, default), max (none), output (needs --calibration)."),
-    calibration: Optional[Path] = typer.Option(None, help="Manifest for --clip output (a few clips are decoded)."),
-    calibration_clips: int = typer.Option(8, help="How many calibration clips to decode."),
+    method: str = typer.Option("rtn", "--method", help="rtn (nearest code after the clip search) or gptq (error-correcting rounding; needs --calibration)."),
+    calibration: Optional[Path] = typer.Option(None, help="Manifest for --clip output or --method gptq (a few clips are decoded)."),
+    calibration_clips: Optional[int] = typer.Option(None, help="How many calibration clips to decode, taken in turn from each language (default 8; 32 with --method gptq)."),
+    calibration_split: Optional[str] = typer.Option(None, help="Calibrate only on the manifest rows of this split (e.g. train)."),
     save_plan: Optional[Path] = typer.Option(None, help="Also write the resolved plan JSON here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the predicted size; write nothing."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
@@ -50,6 +52,12 @@ def quantize(
         raise UserError(f"{out} exists; use --force to overwrite it")
     if clip == "output" and calibration is None:
         raise UserError("--clip output needs --calibration MANIFEST")
+    if method not in ("rtn", "gptq"):
+        raise UserError(f"unknown --method {method!r}: use rtn or gptq")
+    if method == "gptq" and calibration is None:
+        raise UserError("--method gptq needs --calibration MANIFEST")
+    if calibration_clips is not None and calibration_clips < 1:
+        raise UserError(f"--calibration-clips must be at least 1, got {calibration_clips}")
     size, granularity = parse_group_size(group_size)
     components = {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits, "conv": conv_bits}
     the_plan = plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
@@ -65,16 +73,41 @@ def quantize(
         summary = predict_packed(loaded.model, the_plan, loaded.processor)
         _report(summary, specs, "would write", out, as_json, dry_run=True)
         return
-    weights = None
-    if the_plan.clip == "output":
+    weights, quantized = None, None
+    if method == "gptq":
+        quantized = _gptq(loaded, specs, calibration, calibration_split, calibration_clips or 32,
+                          "max" if the_plan.clip == "max" else "mse", quiet=as_json)
+    elif the_plan.clip == "output":
         from whisper_kdq.data.manifest import load_dataset
         from whisper_kdq.quant.calibrate import input_energy
 
-        with console.status(f"calibrating on {calibration_clips} clips"):
-            weights = input_energy(loaded.model, loaded.processor, load_dataset(calibration), calibration_clips)
+        n = calibration_clips or 8
+        with console.status(f"calibrating on {n} clips"):
+            weights = input_energy(loaded.model, loaded.processor, load_dataset(calibration, split=calibration_split), n)
     with console.status(f"quantizing {model}"):
-        summary = save_packed(out, loaded.model.cpu(), loaded.processor, the_plan, force=force, column_weights=weights)
+        summary = save_packed(out, loaded.model.cpu(), loaded.processor, the_plan, force=force, column_weights=weights,
+                              quantized=quantized)
+    summary["method"] = method
     _report(summary, specs, "wrote", out, as_json, dry_run=False)
+
+
+def _gptq(loaded, specs: dict, calibration: Path, split: Optional[str], n: int, clip: str, quiet: bool) -> dict:
+    """Calibration Hessians from `n` clips, then GPTQ on every planned linear weight (with a progress bar)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.quant.calibrate import input_hessians
+    from whisper_kdq.quant.gptq import gptq_targets, gptq_tensors
+
+    dataset = load_dataset(calibration, split=split)  # a UserError when no row is usable
+    targets = gptq_targets(loaded.model, specs)
+    with console.status(f"calibrating on {min(n, len(dataset.utterances))} clips"):
+        hessians = input_hessians(loaded.model, loaded.processor, dataset, targets, n)
+    model = loaded.model.cpu()
+    with Progress(TextColumn("GPTQ"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  disable=quiet) as bar:
+        task = bar.add_task("gptq", total=len(hessians))
+        return gptq_tensors(model, specs, hessians, clip=clip, progress=lambda _: bar.advance(task))
 
 
 def _activations_line(summary: dict) -> str:

@@ -68,7 +68,7 @@ def _unique_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict
 
 def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
              qparams: dict | None = None, column_weights: dict | None = None,
-             dry: bool = False) -> tuple[list[Entry], dict, dict[str, str]]:
+             dry: bool = False, quantized: dict | None = None) -> tuple[list[Entry], dict, dict[str, str]]:
     state, tied = _unique_state(model)
     specs = {n: s for n, s in plan.resolve(state).items() if s is not None}
     entries, qmeta = [], {}
@@ -82,6 +82,10 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
         cache: dict[str, QTensor] = {}
 
         def q(name=name, t=t, spec=spec, cache=cache) -> QTensor:
+            if "q" not in cache and name in (quantized or {}):
+                if quantized[name].spec != spec:
+                    raise ValueError(f"{name}: quantized as {quantized[name].spec.short}, the plan says {spec.short}")
+                cache["q"] = quantized[name]
             if "q" not in cache:
                 scale, offset = (qparams or {}).get(name, (None, None))
                 cache["q"] = quantize(t.detach().float().cpu(), spec, plan.clip if plan.clip != "output" else "mse",
@@ -188,14 +192,17 @@ def _summary(model, entries: list[Entry], qmeta: dict, tied: dict, header_bytes:
 
 
 def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, force: bool = False,
-                qparams: dict | None = None, column_weights: dict | None = None) -> dict:
+                qparams: dict | None = None, column_weights: dict | None = None,
+                quantized: dict | None = None) -> dict:
     """Quantize `model` by `plan` and write the packed checkpoint `out` atomically.
 
     `qparams` maps tensor names to learned (scale, offset) (from QAT); `column_weights` maps them to
-    per-input-column error weights (from calibration). Returns the size summary."""
+    per-input-column error weights (from calibration); `quantized` maps them to tensors already
+    quantized by the plan's spec (from GPTQ), written as they are. Returns the size summary."""
     out = Path(out)
     check_output(out, force)
-    entries, qmeta, tied = _entries(model, plan, _tokenizer_blob(processor), qparams, column_weights)
+    entries, qmeta, tied = _entries(model, plan, _tokenizer_blob(processor), qparams, column_weights,
+                                    quantized=quantized)
     data = [_bytes(e) for e in entries]
     digest = hashlib.sha256()
     for chunk in data:
