@@ -274,6 +274,52 @@ def test_quantize_flag_errors_are_one_line(tiny_model_dir, fixture_manifest, tmp
     assert not (tmp_path / "r").exists()
 
 
+def test_qat_init_gptq_starts_from_calibrated_codes(tiny_model_dir, fixture_manifest, tmp_path):
+    args = _args(tiny_model_dir, fixture_manifest, tmp_path / "r")
+    result = runner.invoke(app, [*args, "--qat-init", "gptq"])
+    assert result.exit_code == 2 and "--qat-init gptq needs --plan or --quantize" in result.output
+    result = runner.invoke(app, [*args, "--quantize", "4", "--qat-init", "obs"])
+    assert result.exit_code == 2 and "--qat-init" in result.output
+    assert not (tmp_path / "r").exists()
+    result = runner.invoke(app, [*args, "--steps", "2", "--quantize", "4", "--qat-init", "gptq", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["qat_init"] == "gptq"
+    assert load_model_kind(json.loads(result.stdout)["model"]) == "packed"
+
+
+def load_model_kind(ref: str) -> str:
+    from whisper_kdq.models.refs import load_model
+
+    return load_model(ref).kind
+
+
+@pytest.mark.integration
+def test_qat_from_gptq_on_whisper_base_keeps_the_frozen_encoders_gptq_codes(fixture_manifest, tmp_path):
+    """Real whisper-base, frozen 4-bit encoder: the packed student's encoder is GPTQ's (calibrated on the
+    training clips), not round-to-nearest, and it transcribes."""
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.quant.schemes import QuantSpec, dequantize, quantize
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["distill", "--teacher", "base", "--data", str(fixture_manifest), "--out", str(run),
+                                 "--freeze-encoder", "--student-decoder-layers", "6", "--steps", "1", "--batch-size", "3",
+                                 "--lr", "1e-5", "--warmup", "1", "--quantize", "8", "--encoder-bits", "4",
+                                 "--qat-init", "gptq", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    student = load_model(json.loads(result.stdout)["model"])
+    base = dict(load_model("base").model.named_parameters())
+    name = "model.encoder.layers.3.fc1.weight"
+    w = base[name].detach()
+    got = dict(student.model.named_parameters())[name].detach()
+    rtn = dequantize(quantize(w, QuantSpec("uniform", 4, "group", 128)))
+    assert student.info["tensors"][name]["bits"] == 4
+    assert (got - rtn).abs().max() > 0 and (got - w).abs().mean() < 2 * (rtn - w).abs().mean()
+    ev = runner.invoke(app, ["evaluate", "--model", json.loads(result.stdout)["model"], "--data", str(fixture_manifest),
+                             "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["models"][0]["languages"]["en"]["wer"] < 0.5
+
+
 @pytest.mark.integration
 def test_quantization_aware_whisper_base_student_packs_what_it_trained(fixture_manifest, tmp_path):
     from whisper_kdq.models.refs import load_model

@@ -74,3 +74,29 @@ def test_the_tied_embedding_is_fake_quantized_once_per_forward_with_the_same_res
     assert plain_calls >= 2 and once_calls == 1  # embed_tokens and proj_out read the same tensor
     assert torch.equal(plain, once) and torch.allclose(plain_grad, once_grad, rtol=1e-5, atol=1e-7)
     assert step(memo=True)[2] == 1  # a new context computes it afresh
+
+
+def test_qat_started_from_gptq_codes_is_the_gptq_checkpoint_until_it_trains(tmp_path):
+    """`prepare_qat(init=...)`: the fake-quant forward starts exactly at the given codes and scales."""
+    from whisper_kdq.quant.checkpoint import save_packed
+    from whisper_kdq.quant.gptq import gptq_targets, gptq_tensors
+
+    plan = plan_from_options(bits=3, group_size=32)
+    source = tiny_model()
+    specs = plan.resolve(source.state_dict())
+    g = torch.Generator().manual_seed(0)
+    hessians = {}
+    for name in gptq_targets(source, specs):
+        cols = dict(source.named_parameters())[name].shape[1]
+        x = torch.randn(4 * cols, cols, generator=g) @ torch.randn(cols, cols, generator=g)
+        hessians[name] = x.T @ x / len(x)
+    init = gptq_tensors(source, specs, hessians)
+    save_packed(tmp_path / "gptq.safetensors", source, tiny_processor_obj(), plan, quantized=init)
+    with torch.no_grad():
+        packed = _logits(load_model(str(tmp_path / "gptq.safetensors")).model)
+        from_gptq = _logits(prepare_qat(tiny_model(), plan, init=init))
+        from_rtn = _logits(prepare_qat(tiny_model(), plan))
+    assert (from_gptq - packed).abs().max() <= 1e-4 * packed.abs().max()
+    assert (from_rtn - packed).abs().max() > 1e-2 * packed.abs().max()  # the start really is another one
+    fc1 = qat_modules(prepare_qat(tiny_model(), plan, init=init))["model.encoder.layers.0.fc1.weight"]
+    assert torch.equal(fc1.scale.detach().half(), init["model.encoder.layers.0.fc1.weight"].scales)

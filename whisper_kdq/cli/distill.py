@@ -48,6 +48,7 @@ def distill(
     embedding_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for the token embedding (0 = float)."),
     override: List[str] = typer.Option([], "--override", help="With --quantize or --plan: REGEX=BITS or REGEX=float (repeatable)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="With --quantize or --plan: round the inputs of quantized linear layers to N bits (4-8) per token (default: float)."),
+    qat_init: str = typer.Option("rtn", "--qat-init", help="With --quantize or --plan: starting codes of the quantized weights, rtn (nearest after the clip search) or gptq (calibrated on 32 training clips; a frozen encoder keeps them)."),
     steps: int = typer.Option(300, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Utterances per step and process."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -81,13 +82,18 @@ def distill(
     plan_dict = _plan_from_flags(plan, quantize_bits, scheme, group_size,
                                  {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits}, override,
                                  act_bits)
+    if qat_init not in ("rtn", "gptq"):
+        raise UserError(f"unknown --qat-init {qat_init!r}: use rtn or gptq")
+    if qat_init == "gptq" and plan_dict is None:
+        raise UserError("--qat-init gptq needs --plan or --quantize")
     with console.status(f"loading teacher {teacher}"):
         t = load_model(teacher, device=dev_name)
     spec = StudentSpec(student, student_encoder_layers, student_decoder_layers,
                        parse_map(student_encoder_map, t.model.config.encoder_layers, "encoder"),
                        parse_map(student_decoder_map, t.model.config.decoder_layers, "decoder"), freeze_encoder)
     request = DistillRequest(teacher, spec, weights, cfg, plan_dict, pseudo_label, pseudo_label_max_wer,
-                             str(data), None if eval_data is None else str(eval_data))
+                             str(data), None if eval_data is None else str(eval_data),
+                             "gptq" if qat_init == "gptq" else None)
     if dry_run:
         info = describe(make_student(t, spec, dev_name), t, request)
         if as_json:

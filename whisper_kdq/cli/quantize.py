@@ -75,8 +75,7 @@ def quantize(
         return
     weights, quantized = None, None
     if method == "gptq":
-        quantized = _gptq(loaded, specs, calibration, calibration_split, calibration_clips or 32,
-                          "max" if the_plan.clip == "max" else "mse", quiet=as_json)
+        quantized = _gptq(loaded, the_plan, calibration, calibration_split, calibration_clips or 32, quiet=as_json)
     elif the_plan.clip == "output":
         from whisper_kdq.data.manifest import load_dataset
         from whisper_kdq.quant.calibrate import input_energy
@@ -91,23 +90,19 @@ def quantize(
     _report(summary, specs, "wrote", out, as_json, dry_run=False)
 
 
-def _gptq(loaded, specs: dict, calibration: Path, split: Optional[str], n: int, clip: str, quiet: bool) -> dict:
-    """Calibration Hessians from `n` clips, then GPTQ on every planned linear weight (with a progress bar)."""
+def _gptq(loaded, the_plan, calibration: Path, split: Optional[str], n: int, quiet: bool) -> dict:
+    """GPTQ on every planned linear weight, calibrated on `n` clips (with a progress bar)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from whisper_kdq.data.manifest import load_dataset
-    from whisper_kdq.quant.calibrate import input_hessians
-    from whisper_kdq.quant.gptq import gptq_targets, gptq_tensors
+    from whisper_kdq.quant.gptq import gptq_for_plan, gptq_targets
 
     dataset = load_dataset(calibration, split=split)  # a UserError when no row is usable
-    targets = gptq_targets(loaded.model, specs)
-    with console.status(f"calibrating on {min(n, len(dataset.utterances))} clips"):
-        hessians = input_hessians(loaded.model, loaded.processor, dataset, targets, n)
-    model = loaded.model.cpu()
-    with Progress(TextColumn("GPTQ"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                  disable=quiet) as bar:
-        task = bar.add_task("gptq", total=len(hessians))
-        return gptq_tensors(model, specs, hessians, clip=clip, progress=lambda _: bar.advance(task))
+    total = len(gptq_targets(loaded.model, the_plan.resolve(loaded.model.state_dict())))
+    with Progress(TextColumn(f"GPTQ (calibrating on {min(n, len(dataset))} clips first)"), BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=quiet) as bar:
+        task = bar.add_task("gptq", total=total)
+        return gptq_for_plan(loaded.model, loaded.processor, the_plan, dataset, n, progress=lambda _: bar.advance(task))
 
 
 def _activations_line(summary: dict) -> str:

@@ -17,6 +17,8 @@ from whisper_kdq.distill.trainer import Hooks, TrainConfig, Trainer, is_embeddin
 from whisper_kdq.models.refs import LoadedModel
 from whisper_kdq.models.students import Student, StudentSpec, make_student
 
+GPTQ_CLIPS = 32  # calibration clips of `distill --qat-init gptq` (as `quantize --method gptq`'s default)
+
 __all__ = ["LossWeights", "TrainConfig", "StudentSpec", "Hooks", "DistillRequest", "run_distillation", "describe"]
 
 
@@ -31,11 +33,13 @@ class DistillRequest:
     pseudo_label_max_wer: float | None = 0.3
     data: str = ""
     eval_data: str | None = None
+    qat_init: str | None = None  # starting codes of the planned weights: None (clip search + nearest) or "gptq"
 
     def as_dict(self) -> dict:
         return {"teacher": self.teacher, "student": self.student.as_dict(), "weights": asdict(self.weights),
                 **{k: v for k, v in asdict(self.train).items()}, "plan": self.plan, "pseudo_label": self.pseudo_label,
-                "pseudo_label_max_wer": self.pseudo_label_max_wer, "data": self.data, "eval_data": self.eval_data}
+                "pseudo_label_max_wer": self.pseudo_label_max_wer, "data": self.data, "eval_data": self.eval_data,
+                "qat_init": self.qat_init}
 
 
 def describe(student: Student, teacher: LoadedModel, request: DistillRequest) -> dict:
@@ -88,7 +92,13 @@ def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | Non
         from whisper_kdq.quant.plan import plan_from_dict
 
         plan = plan_from_dict(request.plan, "plan")
-        hooks.prepare_model = lambda model: prepare_qat(model, plan)
+        init = None
+        if request.qat_init == "gptq" and not resuming:  # a resumed run restores its weights and scales
+            from whisper_kdq.quant.gptq import gptq_for_plan
+
+            status(f"GPTQ: calibrating on {GPTQ_CLIPS} training clips")
+            init = gptq_for_plan(student.loaded.model, student.loaded.processor, plan, train, GPTQ_CLIPS)
+        hooks.prepare_model = lambda model: prepare_qat(model, plan, init=init)
         hooks.distill_layers = (request.plan.get("selection") or {}).get("distill_layers")
     if request.pseudo_label:
         from whisper_kdq.distill.data import pseudo_labels

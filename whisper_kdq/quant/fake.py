@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from whisper_kdq.quant.plan import Plan
-from whisper_kdq.quant.schemes import QuantSpec, _fp16_scale, _sorted_levels, choose_params
+from whisper_kdq.quant.schemes import QTensor, QuantSpec, _fp16_scale, _sorted_levels, choose_params, dequantize
 
 __all__ = ["FakeQuantWeight", "prepare_qat", "qat_modules", "qat_params", "convert_to_packed", "computed_once"]
 
@@ -47,11 +47,16 @@ def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
 class FakeQuantWeight(nn.Module):
     """Parametrization: weight -> fake-quantized weight (STE), with a learnable per-group scale."""
 
-    def __init__(self, weight: torch.Tensor, spec: QuantSpec, clip: str = "mse", grad_scaling: bool = True) -> None:
+    def __init__(self, weight: torch.Tensor, spec: QuantSpec, clip: str = "mse", grad_scaling: bool = True,
+                 params: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.shape = tuple(weight.shape)
-        scale, offset = choose_params(weight, spec, clip)
+        # The starting grid: the clip search's, or given (e.g. GPTQ's, whose codes the weight already sits on).
+        if params is None:
+            scale, offset = choose_params(weight, spec, clip)
+        else:
+            scale, offset = params[0].float(), None if params[1] is None else params[1].float()
         self.scale = nn.Parameter(scale.clone())  # learned clipping: stored as is in the packed file
         self.register_buffer("offset", None if offset is None else offset.clone())
         values, _ = _sorted_levels(spec)
@@ -98,11 +103,14 @@ class FakeQuantWeight(nn.Module):
         return out.reshape(rows, -1)[:, : w[0].numel()].reshape(self.shape)
 
 
-def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scaling: bool = True) -> nn.Module:
+def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scaling: bool = True,
+                init: dict[str, QTensor] | None = None) -> nn.Module:
     """Fake-quantize, in place, every weight `plan` quantizes (and, if the plan asks, the inputs of those
     layers per token); returns `model`. Tied weights (the token embedding and `proj_out`) share one
-    parametrization, so they stay one tensor."""
+    parametrization, so they stay one tensor. `init` (e.g. from GPTQ) gives some weights their starting
+    codes and scales: the weight is set to their dequantized value and the scales start as theirs."""
     specs = plan.resolve(model.state_dict())
+    init = init or {}
     if plan.activation_bits is not None:
         from whisper_kdq.quant.activations import quantize_planned_activations
 
@@ -118,7 +126,15 @@ def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scal
         if spec is None and key not in shared:
             continue
         if key not in shared:
-            shared[key] = FakeQuantWeight(weight.detach(), spec, clip or _clip(plan), grad_scaling).to(weight.device)
+            q = init.get(f"{name}.weight")
+            if q is not None:
+                if q.spec != spec:
+                    raise ValueError(f"{name}.weight: initial codes are {q.spec.short}, the plan says {spec.short}")
+                with torch.no_grad():
+                    weight.copy_(dequantize(q).to(weight.device, weight.dtype))
+            params = None if q is None else (q.scales, q.offsets)
+            shared[key] = FakeQuantWeight(weight.detach(), spec, clip or _clip(plan), grad_scaling,
+                                          params).to(weight.device)
         parametrize.register_parametrization(module, "weight", shared[key], unsafe=True)
     return model
 

@@ -18,7 +18,7 @@ import torch
 
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, choose_params, quantize, quantizer_for
 
-__all__ = ["gptq_quantize", "gptq_targets", "gptq_tensors", "linear_weights", "output_error"]
+__all__ = ["gptq_for_plan", "gptq_quantize", "gptq_targets", "gptq_tensors", "linear_weights", "output_error"]
 
 
 def _per_element(values: torch.Tensor, shape: tuple[int, int], spec: QuantSpec) -> torch.Tensor:
@@ -105,3 +105,14 @@ def gptq_tensors(model: torch.nn.Module, specs: dict[str, QuantSpec | None], hes
         if progress is not None:
             progress(name)
     return out
+
+
+def gptq_for_plan(model: torch.nn.Module, processor, plan, dataset, clips: int = 32,
+                  progress=None) -> dict[str, QTensor]:
+    """GPTQ for every linear weight `plan` quantizes, calibrated on `clips` clips of `dataset` (spread over
+    its languages): what `quantize --method gptq` writes and `distill --qat-init gptq` starts from."""
+    from whisper_kdq.quant.calibrate import input_hessians
+
+    specs = plan.resolve(model.state_dict())
+    hessians = input_hessians(model, processor, dataset, gptq_targets(model, specs), clips)
+    return gptq_tensors(model, specs, hessians, clip="max" if plan.clip == "max" else "mse", progress=progress)
