@@ -81,7 +81,8 @@ class Pipeline:
                            "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(lr or a.lr),
                            "--warmup", str(max(1, a.steps // 4)),
                            "--save-every", str(max(1, a.steps // 2)), "--device", a.device,
-                           "--teacher-cache", str(self.out / "teacher-cache.pt"), *flags)
+                           "--teacher-cache", str(self.out / "teacher-cache.pt"),
+                           *(["--qat-init", a.qat_init] if "--plan" in flags and a.qat_init != "rtn" else []), *flags)
         return summary["model"], summary["wall_s"]
 
     def plan(self, name: str, *flags: str, model: str | None = None) -> str:
@@ -298,6 +299,8 @@ def main(argv=None) -> int:
     p.add_argument("--en", type=int, default=180)
     p.add_argument("--decoder-layers", type=int, default=2)
     p.add_argument("--qat-lr", type=float, default=5e-5, help="lr of the whole-decoder KD+QAT row (starts from the teacher)")
+    p.add_argument("--qat-init", default="rtn", choices=["rtn", "gptq"],
+                   help="starting codes of every quantization-aware row (distill --qat-init)")
     p.add_argument("--target-ratio", type=float, default=10.5)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
     p.add_argument("--fallback", action="store_true",

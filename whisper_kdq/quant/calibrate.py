@@ -35,6 +35,9 @@ def _collect(model: torch.nn.Module, processor, dataset: Dataset, limit: int, ma
                 sums[key] = sums.get(key, 0) + stat(x)
                 counts[key] = counts.get(key, 0) + x.shape[0]
             hooks.append(module.register_forward_hook(hook))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # transformers' chatter about generation configs, once per clip
     try:
         with torch.inference_mode():
             for utt in dataset.spread(limit).utterances:
