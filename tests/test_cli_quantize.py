@@ -35,6 +35,19 @@ def test_dry_run_predicts_the_written_size(tiny_model_dir, tmp_path):
     assert loaded.kind == "packed" and loaded.info["tensors"]["model.decoder.embed_tokens.weight"]["scheme"] == "apot"
 
 
+def test_the_conv_front_end_is_8_bit_unless_told(tiny_model_dir):
+    """The CLI passes every unset --*-bits flag as None; that must not erase the conv default."""
+    def conv_bits(*flags):
+        result = runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--bits", "4", "--dry-run", "--json", *flags])
+        assert result.exit_code == 0, result.output
+        spec = json.loads(result.stdout)["tensors"]["model.encoder.conv1.weight"]["spec"]
+        return None if spec is None else spec["bits"]
+
+    assert conv_bits() == 8
+    assert conv_bits("--conv-bits", "6") == 6
+    assert conv_bits("--conv-bits", "0") is None
+
+
 def test_human_dry_run_lists_tensors(tiny_model_dir):
     result = runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--bits", "3", "--dry-run"])
     assert result.exit_code == 0, result.output

@@ -222,10 +222,10 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
                                 "group_size": group_size, "symmetric": symmetric}, "options")
     plan = Plan(default, [], clip) if base is None else replace(base, rules=list(base.rules), clip=clip)
     # The conv front-end is 0.3 % of whisper-base and feeds everything: 8 bits unless told otherwise.
-    component_bits = {**({"conv": 8} if base is None else {}), **(component_bits or {})}
+    # (A flag left unset arrives as None: it must not erase that default.)
+    given = {k: b for k, b in (component_bits or {}).items() if b is not None}
+    component_bits = {**({"conv": 8} if base is None else {}), **given}
     for name, b in component_bits.items():
-        if b is None:
-            continue
         if name not in COMPONENTS:
             raise UserError(f"unknown component {name!r}: use one of {', '.join(COMPONENTS)}")
         where = f"--{name}-bits"
