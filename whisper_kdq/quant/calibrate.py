@@ -37,6 +37,7 @@ def _collect(model: torch.nn.Module, processor, dataset: Dataset, limit: int, ma
             hooks.append(module.register_forward_hook(hook))
     from transformers.utils import logging as hf_logging
 
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers' chatter about generation configs, once per clip
     try:
         with torch.inference_mode():
@@ -45,6 +46,7 @@ def _collect(model: torch.nn.Module, processor, dataset: Dataset, limit: int, ma
                 model.generate(features.to(model.device), language=utt.language, task="transcribe",
                                max_new_tokens=max_new_tokens)
     finally:
+        hf_logging.set_verbosity(verbosity)
         for h in hooks:
             h.remove()
     return {k: (sums[k] / counts[k]).cpu() for k in sums}
