@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every row's steps (a quick check: 0.01)")
     ap.add_argument("--ce", type=float, default=0.3, help="weight of cross-entropy on the references (0: KD only)")
     ap.add_argument("--fallback", action="store_true", help="evaluate with temperature fallback (evaluate --fallback)")
+    ap.add_argument("--qat-init", default="rtn", choices=["rtn", "gptq"], help="starting codes (distill --qat-init)")
     ap.add_argument("--rows", default="", help="comma-separated row numbers (1-based) to run; default all")
     args = ap.parse_args()
     start = time.monotonic()
@@ -101,7 +102,7 @@ def main() -> None:
                 continue
         else:
             plan = PLANS / plan
-        run = args.out / plan.stem
+        run = args.out / (plan.stem + ("" if args.qat_init == "rtn" else f"-{args.qat_init}"))
         cmd = [sys.executable, "-m", "whisper_kdq", "distill", "--teacher", args.teacher,
                "--data", str(args.corpus / "train.jsonl"), "--eval-data", str(args.corpus / "dev.jsonl"),
                "--plan", str(plan), "--ce", str(args.ce), "--kd", "1", "--hidden", "1", "--matching", "static",
@@ -109,7 +110,7 @@ def main() -> None:
                "--warmup", str(max(1, steps // 10)), "--eval-every", str(max(1, steps // 8)),
                "--save-every", str(max(1, steps // 4)), "--keep", "1",
                "--teacher-cache", str(args.out / "teacher-cache.pt"), "--device", args.device,
-               "--out", str(run), "--force", "--json"]
+               "--qat-init", args.qat_init, "--out", str(run), "--force", "--json"]
         t = time.monotonic()
         done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.monotonic() - t
@@ -118,7 +119,8 @@ def main() -> None:
             continue
         summary = json.loads(done.stdout)
         per_step = (wall - 30) / steps  # less model loading; evaluation on dev included
-        record({"row": name if args.ce == 0.3 else name.replace("CE 0.3+", f"CE {args.ce:g}+"),
+        record({"row": (name if args.ce == 0.3 else name.replace("CE 0.3+", f"CE {args.ce:g}+"))
+                + ("" if args.qat_init == "rtn" else f", from {args.qat_init}"), "qat_init": args.qat_init,
                 "plan": json.loads(plan.read_text()), "ce": args.ce, "steps": steps, "lr": lr, "batch_size": args.batch_size,
                 "train_wall_s": round(wall, 1), "best_dev_error": summary.get("best_dev_error"),
                 "model_bytes": summary.get("model_bytes"), "model": summary.get("model"),
