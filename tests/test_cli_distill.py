@@ -284,13 +284,9 @@ def test_qat_init_gptq_starts_from_calibrated_codes(tiny_model_dir, fixture_mani
     result = runner.invoke(app, [*args, "--steps", "2", "--quantize", "4", "--qat-init", "gptq", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "run.json").read_text())["qat_init"] == "gptq"
-    assert load_model_kind(json.loads(result.stdout)["model"]) == "packed"
-
-
-def load_model_kind(ref: str) -> str:
     from whisper_kdq.models.refs import load_model
 
-    return load_model(ref).kind
+    assert load_model(json.loads(result.stdout)["model"]).kind == "packed"
 
 
 @pytest.mark.integration
