@@ -75,7 +75,7 @@ def quantize(
         return
     weights, quantized = None, None
     if method == "gptq":
-        quantized = _gptq(loaded, the_plan, calibration, calibration_split, calibration_clips or 32, quiet=as_json)
+        quantized = _gptq(loaded, the_plan, specs, calibration, calibration_split, calibration_clips or 32, quiet=as_json)
     elif the_plan.clip == "output":
         from whisper_kdq.data.manifest import load_dataset
         from whisper_kdq.quant.calibrate import input_energy
@@ -90,7 +90,7 @@ def quantize(
     _report(summary, specs, "wrote", out, as_json, dry_run=False)
 
 
-def _gptq(loaded, the_plan, calibration: Path, split: Optional[str], n: int, quiet: bool) -> dict:
+def _gptq(loaded, the_plan, specs: dict, calibration: Path, split: Optional[str], n: int, quiet: bool) -> dict:
     """GPTQ on every planned linear weight, calibrated on `n` clips (with a progress bar)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -98,7 +98,7 @@ def _gptq(loaded, the_plan, calibration: Path, split: Optional[str], n: int, qui
     from whisper_kdq.quant.gptq import gptq_for_plan, gptq_targets
 
     dataset = load_dataset(calibration, split=split)  # a UserError when no row is usable
-    total = len(gptq_targets(loaded.model, the_plan.resolve(loaded.model.state_dict())))
+    total = len(gptq_targets(loaded.model, specs))
     with Progress(TextColumn(f"GPTQ (calibrating on {min(n, len(dataset))} clips first)"), BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=quiet) as bar:
         task = bar.add_task("gptq", total=total)

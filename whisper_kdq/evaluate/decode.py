@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers.utils import logging as hf_logging
 
 from whisper_kdq.data.audio import SAMPLE_RATE
 from whisper_kdq.data.manifest import Utterance
 from whisper_kdq.errors import UserError
+from whisper_kdq.models.refs import quiet_transformers
 
 TOKENS_PER_SECOND = 30
 MAX_NEW_TOKENS = 440  # Whisper's 448 positions minus the prompt
@@ -79,7 +79,6 @@ def transcribe(
 ) -> Transcripts:
     """Transcribe with a transformers `WhisperForConditionalGeneration`; `fallback` re-decodes the clips
     that loop or are unsure by sampling at rising temperatures (seeded per batch: reproducible)."""
-    hf_logging.set_verbosity_error()  # transformers' own deprecation chatter about generation configs
     multilingual = bool(getattr(model.generation_config, "is_multilingual", True))
     hypotheses: list[str] = [""] * len(utterances)
     audio = [u.load() for u in utterances]
@@ -93,7 +92,8 @@ def transcribe(
         limit = token_limit([audio[i] for i in batch])
         kwargs.update(FALLBACK if fallback else {"do_sample": False})
         # Seeded per batch, in a fork of the random state: reproducible, and the caller's state untouched.
-        with torch.random.fork_rng(devices=None if device.startswith("cuda") else []), torch.inference_mode():
+        with torch.random.fork_rng(devices=None if device.startswith("cuda") else []), torch.inference_mode(), \
+                quiet_transformers():
             torch.manual_seed(seed + batch[0])
             tokens = model.generate(features, num_beams=beam_size, max_new_tokens=limit, **kwargs)
         texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)

