@@ -49,6 +49,8 @@ def distill(
     override: List[str] = typer.Option([], "--override", help="With --quantize or --plan: REGEX=BITS or REGEX=float (repeatable)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="With --quantize or --plan: round the inputs of quantized linear layers to N bits (4-8) per token (default: float)."),
     qat_init: str = typer.Option("rtn", "--qat-init", help="With --quantize or --plan: starting codes of the quantized weights, rtn (nearest after the clip search) or gptq (calibrated on 32 training clips; a frozen encoder keeps them)."),
+    encoder_only: bool = typer.Option(False, "--encoder-only", help="Train only a cut encoder, by regression on the teacher's encoder output (no decoder work: affordable on a CPU); the decoder is the teacher's, or --student-decoder-map's blocks untrained."),
+    frozen_encoder_layers: int = typer.Option(1, help="With --encoder-only: the first N student encoder blocks are the teacher's first N, kept frozen."),
     steps: int = typer.Option(300, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Utterances per step and process."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -94,6 +96,14 @@ def distill(
     request = DistillRequest(teacher, spec, weights, cfg, plan_dict, pseudo_label, pseudo_label_max_wer,
                              str(data), None if eval_data is None else str(eval_data),
                              "gptq" if qat_init == "gptq" else None)
+    if encoder_only:
+        return _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit, out, force, as_json,
+                             frozen_encoder_layers, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                             max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep,
+                             eval_every=eval_every or save_every, dry_run=dry_run,
+                             conflicts={"--plan/--quantize": plan_dict is not None, "--student": student is not None,
+                                        "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
+                             targets_file=teacher_cache, device=dev_name)
     if dry_run:
         info = describe(make_student(t, spec, dev_name), t, request)
         if as_json:
@@ -172,3 +182,66 @@ def on_status(bar, task, message: str) -> None:
         bar.console.print(message)
     else:
         bar.update(task, info=message)
+
+
+def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit, out, force, as_json,
+                  frozen: int, *, dry_run: bool, conflicts: dict, targets_file, device: str, **settings) -> None:
+    """`distill --encoder-only`: the cut encoder trained by regression (whisper_kdq.distill.encoder_trainer)."""
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.distill.encoder import EncoderCut
+    from whisper_kdq.distill.encoder_trainer import EncoderTraining
+    from whisper_kdq.models.students import spaced_layers
+
+    clash = [flag for flag, given in conflicts.items() if given]
+    if clash:
+        raise UserError(f"--encoder-only trains a cut of the teacher's encoder by regression; drop {clash[0]}")
+    cfg = t.model.config
+    enc = spec.encoder_map or (spaced_layers(cfg.encoder_layers, spec.encoder_layers) if spec.encoder_layers else None)
+    if enc is None:
+        raise UserError("--encoder-only needs --student-encoder-layers N or --student-encoder-map LIST (the cut)")
+    if not 0 <= frozen < len(enc) or enc[:frozen] != list(range(frozen)):
+        raise UserError(f"--frozen-encoder-layers {frozen}: the student's first {frozen} encoder blocks must be the "
+                        f"teacher's first {frozen} and leave one to train (the map is {enc})")
+    cut = EncoderCut(frozen, enc[frozen:]).resolve(cfg.encoder_layers)
+    dec = spec.decoder_map or spaced_layers(cfg.decoder_layers, spec.decoder_layers or cfg.decoder_layers)
+    if dry_run:
+        info = {"encoder_map": cut.encoder_map, "frozen": cut.frozen, "trained_from": cut.init,
+                "imitates": cut.targets, "decoder_map": dec, "training": settings}
+        if as_json:
+            print_json(info)
+        else:
+            console.print_json(json.dumps(info))
+        return
+    train = load_dataset(data, split=split, limit=limit)
+    dev = load_dataset(eval_data, split=eval_split, limit=eval_limit) if eval_data else None
+    if not len(train):
+        raise UserError(f"{data}: no training utterances" + (f" in split {split!r}" if split else ""))
+    request = {"teacher": t.ref, "data": str(data), "split": split, "limit": limit, "eval_data": str(eval_data),
+               "eval_split": eval_split}
+    summary = _fit_encoder(t, cut, dec, train, dev, out, EncoderTraining(**settings, device=device), force, request,
+                           targets_file, as_json)
+    if as_json:
+        print_json(summary)
+    else:
+        dev_line = "".join(f"; dev {k} CER {v['cer']:.2%} WER {v['wer']:.2%}" for k, v in summary.get("dev", {}).items())
+        console.print(f"encoder {summary['encoder_map']} trained {summary['steps']} steps in {summary['wall_s']:.0f} s, "
+                      f"best dev loss {summary['best_dev_loss']:.4f} at step {summary['best_step']}{dev_line}; "
+                      f"student saved to {summary['model']}")
+
+
+def _fit_encoder(t, cut, dec, train, dev, out, settings, force, request, targets_file, quiet: bool) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from whisper_kdq.distill.encoder_trainer import run_encoder_distillation
+
+    columns = [TextColumn("[bold]encoder"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=quiet) as bar:
+        task = bar.add_task("train", total=settings.steps, info="")
+
+        def on_step(record: dict) -> None:
+            bar.update(task, completed=record["step"],
+                       info=f"loss {record['loss']:.3f} best dev {record['dev_loss']:.3f} lr {record['lr']:.1e}")
+
+        return run_encoder_distillation(t, cut, dec, train, dev, out, settings, force=force, request=request,
+                                        targets_file=targets_file, on_step=on_step, on_status=lambda m: bar.update(task, info=m))
