@@ -113,6 +113,16 @@ def test_a_run_without_teacher_shares_the_encoder_outputs_and_keeps_the_teacher_
     kept = TeacherCache(teacher, top_k=8, keep_hidden=True, student_encoder=teacher.model.encoder, share_encoder=True)
     assert kept.load(path) == 4 and all(u.id in kept for u in utts)
 
+    # A student with its own frozen encoder (e.g. a cut one) adds teacher outputs and keeps the shared ones.
+    other = tiny_model(seed=4).model.encoder
+    own = TeacherCache(teacher, top_k=8, keep_hidden=True, student_encoder=other, share_encoder=False)
+    assert own.load(path) == 2 and not own.encoder_out  # the teacher's encoder outputs are not this student's
+    extra = make_batch(load_dataset(fixture_manifest).utterances[2:3], tiny_processor)
+    own.fill(extra, "cpu")
+    own.save(path)
+    assert TeacherCache(teacher, top_k=8, keep_hidden=True, student_encoder=teacher.model.encoder,
+                        share_encoder=True).load(path) == 5
+
 
 def test_pseudo_labels_keep_close_and_unlabelled_drop_far(monkeypatch):
     import numpy as np

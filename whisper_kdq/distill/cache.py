@@ -44,6 +44,7 @@ class TeacherCache:
         self.encoder_out: dict[str, torch.Tensor] = {}
         self.teacher_s = 0.0  # seconds spent on teacher / frozen-encoder work
         self._kept: dict | None = None  # a loaded file's teacher part, kept when this run has no teacher
+        self._file_encoder_out: dict[str, torch.Tensor] = {}  # a loaded file's shared outputs, when not ours to use
 
     def save(self, path) -> None:
         """Keep the teacher's work for the next run on the same data (same teacher, same k). A run without
@@ -55,7 +56,9 @@ class TeacherCache:
         if self.teacher is None:
             teacher_part = self._kept or {"top_k": None, "hidden": False, "encoder_hidden": False, "outputs": {}}
         with atomic_file(path) as tmp:
-            torch.save({**teacher_part, "encoder_out": self.encoder_out if self.share_encoder else {}}, tmp)
+            # A student with its own frozen encoder writes back the teacher-encoder outputs the file held.
+            torch.save({**teacher_part, "encoder_out": self.encoder_out if self.share_encoder else self._file_encoder_out},
+                       tmp)
 
     def load(self, path) -> int:
         """Reuse a saved cache for what it holds that this run needs; returns how many entries it gave
@@ -66,6 +69,8 @@ class TeacherCache:
             return 0
         if self.share_encoder:  # the teacher's encoder output is the same whatever the decoder-side settings
             self.encoder_out.update(saved.get("encoder_out", {}))
+        else:
+            self._file_encoder_out = saved.get("encoder_out", {})
         if self.teacher is None:  # only the shared encoder's outputs are of use; the rest is written back
             self._kept = {k: saved[k] for k in ("top_k", "hidden", "encoder_hidden", "outputs") if k in saved}
             return self.size()
