@@ -69,7 +69,6 @@ def distill(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Distil TEACHER into a smaller student on DATA; re-run the same command to resume."""
-    from whisper_kdq.data.manifest import load_dataset
     from whisper_kdq.distill import DistillRequest, LossWeights, StudentSpec, TrainConfig, describe, run_distillation
     from whisper_kdq.models.refs import load_model
     from whisper_kdq.models.students import make_student, parse_map
@@ -105,16 +104,8 @@ def distill(
                                         "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
                              targets_file=teacher_cache, device=dev_name)
     if dry_run:
-        info = describe(make_student(t, spec, dev_name), t, request)
-        if as_json:
-            print_json(info)
-        else:
-            console.print_json(json.dumps(info))
-        return
-    train = load_dataset(data, split=split, limit=limit)
-    dev = load_dataset(eval_data, split=eval_split, limit=eval_limit) if eval_data else None
-    if not len(train):
-        raise UserError(f"{data}: no training utterances" + (f" in split {split!r}" if split else ""))
+        return _show(describe(make_student(t, spec, dev_name), t, request), as_json)
+    train, dev = _datasets(data, split, limit, eval_data, eval_split, eval_limit)
     summary = _train_with_progress(request, train, dev, out, force, t, as_json)
     if as_json:
         print_json(summary)
@@ -122,6 +113,24 @@ def distill(
         dev_line = "" if not summary.get("dev") else f"; dev error {summary['dev']['dev_error']:.4f}"
         console.print(f"trained {summary['steps']} steps in {summary['wall_s']:.0f} s "
                       f"({summary['samples_per_s']:.2f} samples/s){dev_line}; student saved to {summary.get('model')}")
+
+
+def _show(info: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(info)
+    else:
+        console.print_json(json.dumps(info))
+
+
+def _datasets(data, split, limit, eval_data, eval_split, eval_limit):
+    """(training set, dev set or None); an empty training set is a one-line error."""
+    from whisper_kdq.data.manifest import load_dataset
+
+    train = load_dataset(data, split=split, limit=limit)
+    dev = load_dataset(eval_data, split=eval_split, limit=eval_limit) if eval_data else None
+    if not len(train):
+        raise UserError(f"{data}: no training utterances" + (f" in split {split!r}" if split else ""))
+    return train, dev
 
 
 def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, group_size: Optional[str],
@@ -187,7 +196,6 @@ def on_status(bar, task, message: str) -> None:
 def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit, out, force, as_json,
                   frozen: int, *, dry_run: bool, conflicts: dict, targets_file, device: str, **settings) -> None:
     """`distill --encoder-only`: the cut encoder trained by regression (whisper_kdq.distill.encoder_trainer)."""
-    from whisper_kdq.data.manifest import load_dataset
     from whisper_kdq.distill.encoder import EncoderCut
     from whisper_kdq.distill.encoder_trainer import EncoderTraining
     from whisper_kdq.models.students import spaced_layers
@@ -205,17 +213,9 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
     cut = EncoderCut(frozen, enc[frozen:]).resolve(cfg.encoder_layers)
     dec = spec.decoder_map or spaced_layers(cfg.decoder_layers, spec.decoder_layers or cfg.decoder_layers)
     if dry_run:
-        info = {"encoder_map": cut.encoder_map, "frozen": cut.frozen, "trained_from": cut.init,
-                "imitates": cut.targets, "decoder_map": dec, "training": settings}
-        if as_json:
-            print_json(info)
-        else:
-            console.print_json(json.dumps(info))
-        return
-    train = load_dataset(data, split=split, limit=limit)
-    dev = load_dataset(eval_data, split=eval_split, limit=eval_limit) if eval_data else None
-    if not len(train):
-        raise UserError(f"{data}: no training utterances" + (f" in split {split!r}" if split else ""))
+        return _show({"encoder_map": cut.encoder_map, "frozen": cut.frozen, "trained_from": cut.init,
+                      "imitates": cut.targets, "decoder_map": dec, "training": settings}, as_json)
+    train, dev = _datasets(data, split, limit, eval_data, eval_split, eval_limit)
     request = {"teacher": t.ref, "data": str(data), "split": split, "limit": limit, "eval_data": str(eval_data),
                "eval_split": eval_split}
     summary = _fit_encoder(t, cut, dec, train, dev, out, EncoderTraining(**settings, device=device), force, request,
