@@ -92,6 +92,8 @@ def test_training_brings_the_cut_encoder_towards_the_teacher(tiny_processor, fix
     assert EncoderTargets.load(tmp_path / "t.pt", cut).rows.keys() == targets.rows.keys()
     with pytest.raises(UserError, match="another cut"):
         EncoderTargets.load(tmp_path / "t.pt", EncoderCut(1, [2]).resolve(4))
+    with pytest.raises(UserError, match="targets of teacher"):
+        EncoderTargets.load(tmp_path / "t.pt", cut, teacher="small")
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="cannot read encoder targets"):
         EncoderTargets.load(tmp_path / "bad.pt", cut)

@@ -107,8 +107,9 @@ def frame_distance(student: torch.Tensor, teacher: torch.Tensor, frames: torch.T
 class EncoderTargets:
     """Per clip: the frozen blocks' output and the teacher's targets, in float16, computed once."""
 
-    def __init__(self, cut: EncoderCut) -> None:
+    def __init__(self, cut: EncoderCut, teacher: str = "") -> None:
         self.cut = cut
+        self.teacher = teacher  # the teacher's reference: a file for another teacher is refused
         self.rows: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def fill(self, teacher_encoder, utterances: Sequence[Utterance], memo: FeatureMemo, batch_size: int = 8,
@@ -132,17 +133,19 @@ class EncoderTargets:
 
     def save(self, path: Path) -> None:
         with atomic_file(Path(path)) as tmp:
-            torch.save({"cut": vars(self.cut), "rows": self.rows}, tmp)
+            torch.save({"cut": vars(self.cut), "teacher": self.teacher, "rows": self.rows}, tmp)
 
     @classmethod
-    def load(cls, path: Path, cut: EncoderCut) -> "EncoderTargets":
+    def load(cls, path: Path, cut: EncoderCut, teacher: str = "") -> "EncoderTargets":
         try:
             data = torch.load(path, weights_only=True)
         except Exception as exc:  # truncated or not ours: say which file, the user can delete it
             raise UserError(f"cannot read encoder targets {path} ({type(exc).__name__}); delete it to recompute") from None
         if data["cut"] != vars(cut):
             raise UserError(f"{path} holds targets for another cut ({data['cut']}), not {vars(cut)}")
-        out = cls(cut)
+        if data.get("teacher", "") != teacher:
+            raise UserError(f"{path} holds targets of teacher {data.get('teacher')!r}, not {teacher!r}")
+        out = cls(cut, teacher)
         out.rows = data["rows"]
         return out
 

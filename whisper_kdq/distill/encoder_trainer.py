@@ -190,11 +190,17 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
 def _targets(teacher: LoadedModel, cut: EncoderCut, train: Dataset, dev: Dataset | None, path: Path,
              status: Callable[[str], None]) -> EncoderTargets:
     """The teacher's targets for every train and dev clip, from `path` where it has them (then kept there)."""
-    targets = EncoderTargets.load(path, cut) if path.is_file() else EncoderTargets(cut)
+    targets = EncoderTargets.load(path, cut, teacher.ref) if path.is_file() else EncoderTargets(cut, teacher.ref)
     clips = {u.id: u for u in train.utterances + (dev.utterances if dev is not None else [])}  # kept by id
     missing = [u for uid, u in clips.items() if uid not in targets.rows]
     if missing:
-        status(f"teacher encoder targets for {len(missing)} clips")
-        targets.fill(teacher.model.model.encoder, missing, FeatureMemo(teacher.processor, max_bytes=0))
+        done = [0]
+
+        def progress(n: int) -> None:
+            done[0] += n
+            status(f"teacher encoder targets: {done[0]}/{len(missing)} clips")
+
+        progress(0)
+        targets.fill(teacher.model.model.encoder, missing, FeatureMemo(teacher.processor, max_bytes=0), progress=progress)
         targets.save(path)
     return targets
