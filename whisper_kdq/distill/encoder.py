@@ -143,7 +143,7 @@ class EncoderTargets:
             raise UserError(f"cannot read encoder targets {path} ({type(exc).__name__}); delete it to recompute") from None
         if data["cut"] != vars(cut):
             raise UserError(f"{path} holds targets for another cut ({data['cut']}), not {vars(cut)}")
-        if data.get("teacher", "") != teacher:
+        if data.get("teacher", teacher) != teacher:  # files written before the field was added are not checked
             raise UserError(f"{path} holds targets of teacher {data.get('teacher')!r}, not {teacher!r}")
         out = cls(cut, teacher)
         out.rows = data["rows"]
