@@ -67,7 +67,7 @@ class EncoderTrainer:
 
     def __init__(self, encoder, cut: EncoderCut, targets: EncoderTargets, train_ids: Sequence[str],
                  dev_ids: Sequence[str], settings: EncoderTraining, out: Path | None = None) -> None:
-        self.encoder, self.cut, self.targets, self.settings, self.out = encoder, cut, targets, settings, out
+        self.cut, self.targets, self.settings, self.out = cut, targets, settings, out
         self.train_ids, self.dev_ids = list(train_ids), list(dev_ids)
         self.encoder = encoder.to(settings.device)
         self.blocks = encoder.layers[cut.frozen:]
@@ -91,7 +91,7 @@ class EncoderTrainer:
     @torch.no_grad()
     def dev_loss(self) -> float:
         self.blocks.eval()
-        ids = self.dev_ids or self.train_ids[:32]
+        ids = self.dev_ids or self.train_ids[:32]  # without dev data the choice is made on training clips
         losses = [float(self.loss(ids[k:k + 8])) * len(ids[k:k + 8]) for k in range(0, len(ids), 8)]
         self.blocks.train()
         return sum(losses) / len(ids)
