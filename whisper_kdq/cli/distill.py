@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -167,15 +168,21 @@ def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, gro
                              component_bits=component_bits, overrides=overrides, activation_bits=act_bits).as_dict()
 
 
-def _train_with_progress(request, train, dev, out, force, teacher, quiet: bool) -> dict:
+@contextmanager
+def _step_bar(label: str, total: int, quiet: bool):
+    """A rich bar over training steps with a free-text field (loss, lr, status); yields (bar, task)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from whisper_kdq.distill import run_distillation
-
-    columns = [TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=quiet) as bar:
-        task = bar.add_task("train", total=request.train.steps, info="")
+        yield bar, bar.add_task("train", total=total, info="")
+
+
+def _train_with_progress(request, train, dev, out, force, teacher, quiet: bool) -> dict:
+    from whisper_kdq.distill import run_distillation
+
+    with _step_bar("distill", request.train.steps, quiet) as (bar, task):
 
         def on_step(record: dict) -> None:
             info = f"loss {record['loss']:.3f} lr {record['lr']:.1e} {record['samples_per_s']:.1f} samples/s"
@@ -230,18 +237,14 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
 
 
 def _fit_encoder(t, cut, dec, train, dev, out, settings, force, request, targets_file, quiet: bool) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from whisper_kdq.distill.encoder_trainer import run_encoder_distillation
 
-    columns = [TextColumn("[bold]encoder"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=quiet) as bar:
-        task = bar.add_task("train", total=settings.steps, info="")
+    with _step_bar("encoder", settings.steps, quiet) as (bar, task):
 
         def on_step(record: dict) -> None:
             bar.update(task, completed=record["step"],
                        info=f"loss {record['loss']:.3f} best dev {record['dev_loss']:.3f} lr {record['lr']:.1e}")
 
         return run_encoder_distillation(t, cut, dec, train, dev, out, settings, force=force, request=request,
-                                        targets_file=targets_file, on_step=on_step, on_status=lambda m: bar.update(task, info=m))
+                                        targets_file=targets_file, on_step=on_step,
+                                        on_status=lambda m: on_status(bar, task, m))

@@ -11,9 +11,10 @@ is a GPU job; this module trains it by regression instead, which a CPU affords:
   which is what the decoder's cross-attention reads);
 - the decoder is the teacher's, untouched: the student decodes as well as its encoder output is close.
 
-The distance is the one of hidden-state KD (`losses`): ‖h_s − h_t‖² / ‖h_t‖² per frame, averaged over
-all 1500 frames (the decoder attends to the padding frames too) plus the same average over the frames
-that hold audio (5-s clips are one sixth of the window, and they carry the speech).
+The distance is ‖h_s − h_t‖² / ‖h_t‖² per frame (hidden-state KD in `losses` divides summed errors by
+summed norms instead: here every frame weighs the same, loud or quiet), averaged over all 1500 frames
+(the decoder attends to the padding frames too) plus the same average over the frames that hold audio
+(5-s clips are one sixth of the window, and they carry the speech).
 """
 
 from __future__ import annotations
