@@ -1,14 +1,16 @@
 """Decoding speed in the CTranslate2 engine, split into its two parts: the encoder and the token loop.
 
     python benchmarks/speed.py --model runs/speed/teacher-ct2-fp32:float32 --model runs/speed/student:int8 \
-        [--data corpus/manifest.jsonl --split test] [--threads 2] [--out runs/speed/speed.json]
+        [--data corpus/manifest.jsonl --split test] [--threads 2] [--window 30] [--out runs/speed/speed.json]
 
 Each --model is a CTranslate2 directory (`whisper-kdq export --format ct2`) with an optional compute type
 after a colon. Every model decodes the same clips in the same batches (by language, longest first, 8 per
 batch: the batches of `whisper-kdq evaluate`), greedily, with the same runaway guard, and is timed in two
 parts: `encode` (the 30-second mel window through the encoder) and `generate` from the encoded features
 (the decoder's token loop). Log-mel features are computed once, before any timing: they cost the same for
-every model. The first batch is decoded once untimed (warm-up). Prints a table and writes JSON (machine,
+every model. `--window S` pads the clips to S seconds instead of Whisper's 30 (the same window for every
+model: CTranslate2's encoder takes any length up to 30 s, the way whisper.cpp's `--audio-ctx` does; faster-whisper
+always pads to 30 s). The first batch is decoded once untimed (warm-up). Prints a table and writes JSON (machine,
 date, commit, per-model timings, CER ja / WER en of the hypotheses) with the first model as the reference.
 """
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N clips only")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--window", type=float, default=30.0, help="seconds of audio per encoder window, every model")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: print only)")
     a = p.parse_args(argv)
 
@@ -88,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     batches = _batches(utts, a.batch_size)
     first = Path(a.model[0].rsplit(":", 1)[0])
     extractor = build_processor(first / "tokenizer.json").feature_extractor
+    if not 0 < a.window <= 30:
+        print(f"error: --window {a.window}: between 0 and 30 seconds", file=sys.stderr)
+        return 2
+    if a.window * SAMPLE_RATE < max(len(x) for x in audio):
+        print(f"error: --window {a.window}: the longest clip is {max(len(x) for x in audio) / SAMPLE_RATE:.1f} s", file=sys.stderr)
+        return 2
+    # Whole 20-ms encoder positions (two 10-ms mel frames each).
+    extractor.n_samples = int(round(a.window * 50)) * 2 * extractor.hop_length
+    extractor.nb_max_frames = extractor.n_samples // extractor.hop_length
     features = [np.ascontiguousarray(extractor([audio[i] for i in b], sampling_rate=SAMPLE_RATE,
                                                return_tensors="np").input_features.astype(np.float32)) for b in batches]
     prompts = [["<|startoftranscript|>", f"<|{utts[b[0]].language}|>", "<|transcribe|>", "<|notimestamps|>"]
@@ -108,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
 
     ref = rows[0]
-    print(f"{len(utts)} clips, {audio_s:.0f} s of audio, {len(batches)} batches, {a.threads} threads")
+    print(f"{len(utts)} clips, {audio_s:.0f} s of audio, {len(batches)} batches, {a.threads} threads, "
+          f"{a.window:g}-s window")
     print("| model | compute | MB | encode s | generate s | tokens | ms/token | RTF | speed-up total | encoder | "
           "token loop | CER ja % | WER en % |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}", "threads": a.threads,
                 "date": time.strftime("%Y-%m-%d"), "commit": commit, "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
-                "clips": len(utts), "audio_s": audio_s}
+                "clips": len(utts), "audio_s": audio_s, "window_s": a.window}
         a.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = a.out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
