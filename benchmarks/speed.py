@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 from whisper_kdq.data.audio import SAMPLE_RATE  # noqa: E402
 from whisper_kdq.data.manifest import load_dataset  # noqa: E402
 from whisper_kdq.evaluate.decode import _batches, token_limit  # noqa: E402
+from whisper_kdq.errors import UserError  # noqa: E402
 from whisper_kdq.evaluate.metrics import score  # noqa: E402
+from whisper_kdq.evaluate.window import window_positions, windowed_extractor  # noqa: E402
 from whisper_kdq.models.tokenizer import build_processor  # noqa: E402
 
 
@@ -91,15 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     batches = _batches(utts, a.batch_size)
     first = Path(a.model[0].rsplit(":", 1)[0])
     extractor = build_processor(first / "tokenizer.json").feature_extractor
-    if not 0 < a.window <= 30:
-        print(f"error: --window {a.window}: between 0 and 30 seconds", file=sys.stderr)
+    try:
+        window_positions(a.window, audio)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if a.window * SAMPLE_RATE < max(len(x) for x in audio):
-        print(f"error: --window {a.window}: the longest clip is {max(len(x) for x in audio) / SAMPLE_RATE:.1f} s", file=sys.stderr)
-        return 2
-    # Whole 20-ms encoder positions (two 10-ms mel frames each).
-    extractor.n_samples = int(round(a.window * 50)) * 2 * extractor.hop_length
-    extractor.nb_max_frames = extractor.n_samples // extractor.hop_length
+    extractor = windowed_extractor(extractor, a.window)
     features = [np.ascontiguousarray(extractor([audio[i] for i in b], sampling_rate=SAMPLE_RATE,
                                                return_tensors="np").input_features.astype(np.float32)) for b in batches]
     prompts = [["<|startoftranscript|>", f"<|{utts[b[0]].language}|>", "<|transcribe|>", "<|notimestamps|>"]

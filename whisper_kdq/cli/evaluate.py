@@ -32,6 +32,8 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     fallback: bool = typer.Option(False, "--fallback", help="Re-decode looping or unsure clips by sampling at rising "
                                   "temperatures (openai/whisper's fallback; seeded, so reproducible)."),
+    window: Optional[float] = typer.Option(None, help="Seconds of audio the encoder reads, padded, instead of 30 "
+                                           "(every clip must fit; faster on short clips: docs/BENCHMARKS.md, 'A shorter audio window')."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable rows and report them instead of stopping."),
     predictions: Optional[Path] = typer.Option(None, help="Write every hypothesis beside its reference (JSONL)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --predictions if it exists."),
@@ -53,7 +55,8 @@ def evaluate(
                       console=console, transient=True, disable=as_json and not console.is_terminal) as bar:
             task = bar.add_task("decode", total=len(dataset))
             results.append(evaluate_model(loaded, dataset, batch_size=batch_size, beam_size=beam_size,
-                                          device=device, engine=engine, compute_type=compute_type, fallback=fallback, progress=lambda n: bar.advance(task, n)))
+                                          device=device, engine=engine, compute_type=compute_type, fallback=fallback, window_s=window,
+                                          progress=lambda n: bar.advance(task, n)))
         del loaded
     if predictions is not None:
         lines = [json.dumps({"model": r["model"], **p}, ensure_ascii=False) for r in results for p in r["predictions"]]

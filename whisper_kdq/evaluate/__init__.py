@@ -28,9 +28,11 @@ def evaluate_model(
     engine: str = "transformers",
     compute_type: str = "default",
     fallback: bool = False,
+    window_s: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """Decode `dataset` with `loaded` and score it per language.
+    """Decode `dataset` with `loaded` and score it per language; `window_s`: an audio window shorter
+    than Whisper's 30 s (evaluate/window.py).
 
     Returns `{model, kind, engine, size_bytes, params, rtf, wall_s, audio_s, languages: {code: {wer,
     cer, n, n_empty_reference, normalizer}}, predictions: [...]}`.
@@ -38,17 +40,18 @@ def evaluate_model(
     utterances = dataset.utterances
     if engine == "transformers":
         out = transcribe(loaded.model, loaded.processor, utterances, batch_size=batch_size,
-                         beam_size=beam_size, device=device, fallback=fallback, progress=progress)
+                         beam_size=beam_size, device=device, fallback=fallback, window_s=window_s, progress=progress)
     elif engine == "ctranslate2":
         if loaded.kind != "ctranslate2" or loaded.path is None:
             raise UserError(f"--engine ctranslate2 needs a CTranslate2 directory; {loaded.ref} is a {loaded.kind} model "
                             "(export it with `whisper-kdq export --format ct2`)")
         out = transcribe_ct2(loaded.path, loaded.processor, utterances, batch_size=batch_size,
                              beam_size=beam_size, device=device, compute_type=compute_type, fallback=fallback,
-                             progress=progress)
+                             window_s=window_s, progress=progress)
     else:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    return {**_report(loaded, dataset, out, engine), "decoding": {"beam_size": beam_size, "fallback": fallback}}
+    return {**_report(loaded, dataset, out, engine), "decoding": {"beam_size": beam_size, "fallback": fallback,
+                                                           "window_s": window_s or 30.0}}
 
 
 def _report(loaded: LoadedModel, dataset: Dataset, out: Transcripts, engine: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,6 +20,7 @@ import torch
 from whisper_kdq.data.audio import SAMPLE_RATE
 from whisper_kdq.data.manifest import Utterance
 from whisper_kdq.errors import UserError
+from whisper_kdq.evaluate.window import audio_window, window_positions, windowed_extractor
 from whisper_kdq.models.refs import quiet_transformers
 
 TOKENS_PER_SECOND = 30
@@ -75,16 +77,34 @@ def transcribe(
     device: str = "cpu",
     fallback: bool = False,
     seed: int = 0,
+    window_s: float | None = None,
     progress: ProgressFn | None = None,
 ) -> Transcripts:
     """Transcribe with a transformers `WhisperForConditionalGeneration`; `fallback` re-decodes the clips
-    that loop or are unsure by sampling at rising temperatures (seeded per batch: reproducible)."""
+    that loop or are unsure by sampling at rising temperatures (seeded per batch: reproducible);
+    `window_s` reads a shorter audio window than 30 s (evaluate/window.py)."""
+    audio = [u.load() for u in utterances]
+    extractor = _extractor(processor, audio, window_s)
+    with audio_window(model, window_s) if window_s is not None else nullcontext():
+        return _transcribe(model, processor, extractor, utterances, audio, batch_size=batch_size,
+                           beam_size=beam_size, device=device, fallback=fallback, seed=seed, progress=progress)
+
+
+def _extractor(processor, audio: Sequence[np.ndarray], window_s: float | None):
+    """The feature extractor for a window, after checking that every clip fits it."""
+    if window_s is None:
+        return processor.feature_extractor
+    window_positions(window_s, audio)
+    return windowed_extractor(processor.feature_extractor, window_s)
+
+
+def _transcribe(model, processor, extractor, utterances, audio, *, batch_size, beam_size, device, fallback, seed,
+                progress) -> Transcripts:
     multilingual = bool(getattr(model.generation_config, "is_multilingual", True))
     hypotheses: list[str] = [""] * len(utterances)
-    audio = [u.load() for u in utterances]
     start = time.perf_counter()
     for batch in _batches(utterances, batch_size):
-        features = processor.feature_extractor(
+        features = extractor(
             [audio[i] for i in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt"
         ).input_features.to(device=device, dtype=next(model.parameters()).dtype)
         language = utterances[batch[0]].language
@@ -116,10 +136,12 @@ def transcribe_ct2(
     compute_type: str = "default",
     fallback: bool = False,
     seed: int = 0,
+    window_s: float | None = None,
     progress: ProgressFn | None = None,
 ) -> Transcripts:
     """Transcribe with the CTranslate2 engine (the runtime faster-whisper uses); `fallback` as in
-    `transcribe`, with the criteria of openai/whisper's own implementation."""
+    `transcribe`, with the criteria of openai/whisper's own implementation; `window_s` as in `transcribe`
+    (CTranslate2's encoder takes any window up to 30 s)."""
     try:
         import ctranslate2
     except ImportError:
@@ -132,9 +154,10 @@ def transcribe_ct2(
     tok = processor.tokenizer
     hypotheses: list[str] = [""] * len(utterances)
     audio = [u.load() for u in utterances]
+    extractor = _extractor(processor, audio, window_s)
     start = time.perf_counter()
     for batch in _batches(utterances, batch_size):
-        features = processor.feature_extractor(
+        features = extractor(
             [audio[i] for i in batch], sampling_rate=SAMPLE_RATE, return_tensors="np"
         ).input_features.astype(np.float32)
         language = utterances[batch[0]].language

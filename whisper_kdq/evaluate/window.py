@@ -1,0 +1,71 @@
+"""A shorter audio window: the encoder reads S seconds instead of Whisper's 30.
+
+Whisper pads every clip to a 30-s window, so the encoder costs the same for a 3-s command as for 30 s of
+speech. Its positions are a learned table read from the start, so a model can read a shorter window by
+using the first S × 50 positions only (what whisper.cpp's `--audio-ctx` does): the encoder's cost drops
+faster than linearly (attention is quadratic in the frames), and so does the decoder's cross-attention.
+Whisper was never trained on such windows; on clips of a few seconds it reads them as well (measured in
+docs/BENCHMARKS.md), but measure on your own data. A clip longer than the window is refused, not cut.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+from torch import nn
+
+from whisper_kdq.data.audio import SAMPLE_RATE
+from whisper_kdq.errors import UserError
+
+FULL_WINDOW_S = 30.0
+POSITIONS_PER_SECOND = 50  # one encoder position per 20 ms: two 10-ms mel frames
+
+
+def window_positions(seconds: float, clips: Sequence[np.ndarray] = ()) -> int:
+    """Encoder positions of an S-second window; refuses a window outside (0, 30] or shorter than a clip."""
+    if not 0 < seconds <= FULL_WINDOW_S:
+        raise UserError(f"--window {seconds:g}: the audio window must be between 0 and {FULL_WINDOW_S:g} seconds")
+    longest = max((len(c) for c in clips), default=0) / SAMPLE_RATE
+    if longest > seconds:
+        raise UserError(f"--window {seconds:g}: the longest clip is {longest:.1f} s; use a window at least that long")
+    return max(1, round(seconds * POSITIONS_PER_SECOND))
+
+
+def windowed_extractor(extractor, seconds: float):
+    """A copy of a `WhisperFeatureExtractor` that pads to an S-second window (whole encoder positions)."""
+    positions = window_positions(seconds)
+    out = copy.deepcopy(extractor)
+    out.nb_max_frames = 2 * positions
+    out.n_samples = out.nb_max_frames * out.hop_length
+    out.chunk_length = seconds
+    return out
+
+
+@contextmanager
+def audio_window(model, seconds: float) -> Iterator[None]:
+    """Within the block, a transformers Whisper model reads S-second windows: its encoder keeps its
+    first S × 50 positions. The model is restored on exit (its weights are not copied)."""
+    positions = window_positions(seconds)
+    encoder = model.get_encoder()
+    table = encoder.embed_positions
+    if positions > table.num_embeddings:
+        raise UserError(f"--window {seconds:g}: this model's encoder has {table.num_embeddings} positions "
+                        f"({table.num_embeddings / POSITIONS_PER_SECOND:g} s)")
+    configs = list({id(c): c for c in (model.config, encoder.config)}.values())
+    saved = (table, [c.max_source_positions for c in configs], getattr(encoder, "max_source_positions", None))
+    # The encoder adds its whole position table to the frames, and checks the input length against
+    # max_source_positions (so does generate, to tell a short-form input from a long one).
+    encoder.embed_positions = nn.Embedding.from_pretrained(table.weight[:positions], freeze=True)
+    for c in configs:
+        c.max_source_positions = positions
+    encoder.max_source_positions = positions
+    try:
+        yield
+    finally:
+        encoder.embed_positions = saved[0]
+        for c, n in zip(configs, saved[1]):
+            c.max_source_positions = n
+        encoder.max_source_positions = saved[2]
