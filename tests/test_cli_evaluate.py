@@ -38,6 +38,7 @@ def test_json_schema_on_tiny_model(tiny_model_dir, fixture_manifest, tmp_path):
     (model,) = out["models"]
     assert model["params"] > 0 and model["size_bytes"] > 0 and model["rtf"] > 0
     assert set(model["languages"]) == {"ja", "en"}
+    assert model["decoding"] == {"beam_size": 1, "fallback": False, "window_s": 30.0}
     for stats in model["languages"].values():
         assert {"wer", "cer", "n"} <= set(stats) and stats["n"] >= 1
     lines = [json.loads(x) for x in preds.read_text(encoding="utf-8").splitlines()]
