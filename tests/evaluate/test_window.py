@@ -26,6 +26,10 @@ def test_window_positions_and_refusals():
             window_positions(seconds)
     with pytest.raises(UserError, match="longest clip is 3.0 s"):
         window_positions(2, [np.zeros(16000), np.zeros(48000)])
+    # The window is padded in whole 20-ms positions: 1.001 s is 50 positions, which a 1.001-s clip overflows.
+    with pytest.raises(UserError, match="longest clip"):
+        window_positions(1.001, [np.zeros(16016)])
+    assert window_positions(1.001, [np.zeros(16000)]) == 50
 
 
 def test_windowed_extractor_pads_to_the_window_and_leaves_the_original(tiny_processor):

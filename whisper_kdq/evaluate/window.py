@@ -28,10 +28,11 @@ def window_positions(seconds: float, clips: Sequence[np.ndarray] = ()) -> int:
     """Encoder positions of an S-second window; refuses a window outside (0, 30] or shorter than a clip."""
     if not 0 < seconds <= FULL_WINDOW_S:
         raise UserError(f"--window {seconds:g}: the audio window must be between 0 and {FULL_WINDOW_S:g} seconds")
+    positions = max(1, round(seconds * POSITIONS_PER_SECOND))
     longest = max((len(c) for c in clips), default=0) / SAMPLE_RATE
-    if longest > seconds:
+    if longest > positions / POSITIONS_PER_SECOND:  # the window as padded, in whole 20-ms positions
         raise UserError(f"--window {seconds:g}: the longest clip is {longest:.1f} s; use a window at least that long")
-    return max(1, round(seconds * POSITIONS_PER_SECOND))
+    return positions
 
 
 def windowed_extractor(extractor, seconds: float):
