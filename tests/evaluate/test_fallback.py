@@ -71,4 +71,4 @@ def test_fallback_repairs_loops_of_real_whisper_base_at_4_bits_per_channel(fixtu
     for lang, stats in again["languages"].items():
         key = "cer" if lang == "ja" else "wer"
         assert stats[key] <= greedy["languages"][lang][key]
-    assert again["decoding"] == {"beam_size": 1, "fallback": True}
+    assert again["decoding"] == {"beam_size": 1, "fallback": True, "window_s": 30.0}
