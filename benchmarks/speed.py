@@ -6,7 +6,7 @@
 Each --model is a CTranslate2 directory (`whisper-kdq export --format ct2`) with an optional compute type
 after a colon. Every model decodes the same clips in the same batches (by language, longest first, 8 per
 batch: the batches of `whisper-kdq evaluate`), greedily, with the same runaway guard, and is timed in two
-parts: `encode` (the 30-second mel window through the encoder) and `generate` from the encoded features
+parts: `encode` (the mel window, 30 s unless `--window`, through the encoder) and `generate` from the encoded features
 (the decoder's token loop). Log-mel features are computed once, before any timing: they cost the same for
 every model. `--window S` pads the clips to S seconds instead of Whisper's 30 (the same window for every
 model: CTranslate2's encoder takes any length up to 30 s, the way whisper.cpp's `--audio-ctx` does; faster-whisper
