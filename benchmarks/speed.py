@@ -35,7 +35,7 @@ from whisper_kdq.data.manifest import load_dataset  # noqa: E402
 from whisper_kdq.evaluate.decode import _batches, token_limit  # noqa: E402
 from whisper_kdq.errors import UserError  # noqa: E402
 from whisper_kdq.evaluate.metrics import score  # noqa: E402
-from whisper_kdq.evaluate.window import window_positions, windowed_extractor  # noqa: E402
+from whisper_kdq.evaluate.window import windowed_extractor  # noqa: E402
 from whisper_kdq.models.tokenizer import build_processor  # noqa: E402
 
 
@@ -94,11 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     first = Path(a.model[0].rsplit(":", 1)[0])
     extractor = build_processor(first / "tokenizer.json").feature_extractor
     try:
-        window_positions(a.window, audio)
+        extractor = windowed_extractor(extractor, a.window, audio)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    extractor = windowed_extractor(extractor, a.window)
     features = [np.ascontiguousarray(extractor([audio[i] for i in b], sampling_rate=SAMPLE_RATE,
                                                return_tensors="np").input_features.astype(np.float32)) for b in batches]
     prompts = [["<|startoftranscript|>", f"<|{utts[b[0]].language}|>", "<|transcribe|>", "<|notimestamps|>"]

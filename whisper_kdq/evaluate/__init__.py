@@ -13,6 +13,7 @@ from whisper_kdq.data.manifest import Dataset
 from whisper_kdq.errors import UserError
 from whisper_kdq.evaluate.decode import Transcripts, transcribe, transcribe_ct2
 from whisper_kdq.evaluate.metrics import normalizer_for, score
+from whisper_kdq.evaluate.window import FULL_WINDOW_S
 from whisper_kdq.models.refs import LoadedModel
 
 ENGINES = ("transformers", "ctranslate2")
@@ -51,7 +52,7 @@ def evaluate_model(
     else:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     return {**_report(loaded, dataset, out, engine), "decoding": {"beam_size": beam_size, "fallback": fallback,
-                                                           "window_s": window_s or 30.0}}
+                                                           "window_s": window_s or FULL_WINDOW_S}}
 
 
 def _report(loaded: LoadedModel, dataset: Dataset, out: Transcripts, engine: str) -> dict:

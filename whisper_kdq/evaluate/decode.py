@@ -20,7 +20,7 @@ import torch
 from whisper_kdq.data.audio import SAMPLE_RATE
 from whisper_kdq.data.manifest import Utterance
 from whisper_kdq.errors import UserError
-from whisper_kdq.evaluate.window import audio_window, window_positions, windowed_extractor
+from whisper_kdq.evaluate.window import audio_window, windowed_extractor
 from whisper_kdq.models.refs import quiet_transformers
 
 TOKENS_PER_SECOND = 30
@@ -91,11 +91,10 @@ def transcribe(
 
 
 def _extractor(processor, audio: Sequence[np.ndarray], window_s: float | None):
-    """The feature extractor for a window, after checking that every clip fits it."""
+    """The feature extractor for Whisper's window, or for a shorter one that every clip fits."""
     if window_s is None:
         return processor.feature_extractor
-    window_positions(window_s, audio)
-    return windowed_extractor(processor.feature_extractor, window_s)
+    return windowed_extractor(processor.feature_extractor, window_s, audio)
 
 
 def _transcribe(model, processor, extractor, utterances, audio, *, batch_size, beam_size, device, fallback, seed,

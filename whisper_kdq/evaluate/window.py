@@ -35,9 +35,10 @@ def window_positions(seconds: float, clips: Sequence[np.ndarray] = ()) -> int:
     return positions
 
 
-def windowed_extractor(extractor, seconds: float):
-    """A copy of a `WhisperFeatureExtractor` that pads to an S-second window (whole encoder positions)."""
-    positions = window_positions(seconds)
+def windowed_extractor(extractor, seconds: float, clips: Sequence[np.ndarray] = ()):
+    """A copy of a `WhisperFeatureExtractor` that pads to an S-second window (whole encoder positions),
+    after checking that every clip fits it."""
+    positions = window_positions(seconds, clips)
     out = copy.deepcopy(extractor)
     out.nb_max_frames = 2 * positions
     out.n_samples = out.nb_max_frames * out.hop_length
