@@ -148,3 +148,38 @@ def test_pseudo_labels_keep_close_and_unlabelled_drop_far(monkeypatch):
     assert texts["close"] == "the cat sat on a mat"  # trained on the teacher's words, not the reference
     texts, _ = data_mod.pseudo_labels(teacher, utts, max_wer=None, batch_size=2, device="cpu")
     assert set(texts) == {"close", "far", "ja", "unlabelled"}
+
+
+def test_windowed_batches_pad_to_the_window_and_refuse_a_longer_clip(fixture_manifest, tiny_processor):
+    utts = load_dataset(fixture_manifest).utterances[:3]  # clips of 1.9-2.3 s
+    full = make_batch(utts, tiny_processor)
+    short = make_batch(utts, tiny_processor, window_s=3)
+    assert short.features.shape[-1] == 300 and full.features.shape[-1] == 3000  # 10-ms mel frames
+    assert torch.equal(short.frames, full.frames)  # the audio frames are the same, only the padding is cut
+    assert torch.allclose(short.features[..., :200], full.features[..., :200], atol=1e-5)
+    memo = FeatureMemo(tiny_processor, window_s=3)
+    assert torch.equal(make_batch(utts, tiny_processor, features=memo).features, short.features)
+    import pytest
+
+    from whisper_kdq.errors import UserError
+
+    with pytest.raises(UserError, match=r"manifest.jsonl:2: --window 2: the longest clip is 2\.3 s"):
+        make_batch(utts, tiny_processor, window_s=2)
+
+
+def test_teacher_cache_file_of_another_window_is_refused_not_overwritten(fixture_manifest, tiny_processor, tmp_path):
+    import pytest
+
+    from whisper_kdq.errors import UserError
+
+    teacher = tiny_model(seed=3)
+    utts = load_dataset(fixture_manifest).utterances[:2]
+    cache = TeacherCache(teacher, top_k=8, keep_hidden=False, window_s=30.0)  # 30 s is Whisper's own window
+    cache.fill(make_batch(utts, tiny_processor), "cpu")
+    path = tmp_path / "teacher.pt"
+    cache.save(path)
+    assert TeacherCache(teacher, top_k=8, keep_hidden=False).load(path) == 2
+    stamp = path.stat().st_mtime_ns
+    with pytest.raises(UserError, match="30-s window, this run reads a 10-s window"):
+        TeacherCache(teacher, top_k=8, keep_hidden=False, window_s=10).load(path)
+    assert path.stat().st_mtime_ns == stamp

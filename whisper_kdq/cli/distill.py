@@ -64,6 +64,7 @@ def distill(
     eval_every: int = typer.Option(0, help="Evaluate on dev every N steps (0: at the end only)."),
     top_k: int = typer.Option(64, help="Teacher log-probs cached per position."),
     teacher_cache: Optional[Path] = typer.Option(None, help="File keeping the teacher's outputs for later runs on the same data."),
+    window: Optional[float] = typer.Option(None, "--window", help="Train (and evaluate on dev) reading S-second audio windows instead of 30 s: far less encoder work on short clips. Every clip must fit; the saved model is a standard Whisper model (decode it with `evaluate --window S`)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the student, layer map and loss plan; train nothing."),
     force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a different run."),
@@ -75,12 +76,18 @@ def distill(
     from whisper_kdq.models.students import make_student, parse_map
 
     dev_name = resolve_device(device)
+    if window is not None:
+        from whisper_kdq.evaluate.window import FULL_WINDOW_S, window_positions
+
+        window_positions(window)  # refuses a window outside (0, 30] before anything loads
+        window = None if window == FULL_WINDOW_S else window
     weights = LossWeights(ce_weight, kd_weight, hidden_weight, temperature, matching, hidden_loss)
     weights.validate()
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,
                       max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep, eval_every=eval_every,
                       eval_limit=eval_limit, device=dev_name, top_k=top_k, progress=not as_json,
-                      teacher_cache=None if teacher_cache is None else str(teacher_cache), freeze_embedding=freeze_embedding)
+                      teacher_cache=None if teacher_cache is None else str(teacher_cache), freeze_embedding=freeze_embedding,
+                      window_s=window)
     plan_dict = _plan_from_flags(plan, quantize_bits, scheme, group_size,
                                  {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits}, override,
                                  act_bits)
@@ -102,7 +109,8 @@ def distill(
                              max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep,
                              eval_every=eval_every or save_every, dry_run=dry_run,
                              conflicts={"--plan/--quantize": plan_dict is not None, "--student": student is not None,
-                                        "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
+                                        "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label,
+                                        "--window": window is not None},
                              targets_file=teacher_cache, device=dev_name)
     if dry_run:
         return _show(describe(make_student(t, spec, dev_name), t, request), as_json)

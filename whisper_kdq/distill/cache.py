@@ -33,8 +33,11 @@ class TeacherCache:
     """Per-utterance teacher outputs (and the frozen student encoder's output), computed once."""
 
     def __init__(self, teacher, top_k: int = 64, keep_hidden: bool = True, student_encoder=None,
-                 share_encoder: bool = False, keep_encoder_hidden: bool = False) -> None:
+                 share_encoder: bool = False, keep_encoder_hidden: bool = False,
+                 window_s: float | None = None) -> None:
         self.teacher = teacher
+        # The audio window the outputs were computed at; None is Whisper's 30 s.
+        self.window_s = None if window_s in (None, 30.0) else float(window_s)
         self.top_k = top_k
         self.keep_hidden = keep_hidden
         self.keep_encoder_hidden = keep_encoder_hidden  # only when the student's encoder trains
@@ -57,8 +60,8 @@ class TeacherCache:
             teacher_part = self._kept or {"top_k": None, "hidden": False, "encoder_hidden": False, "outputs": {}}
         with atomic_file(path) as tmp:
             # A student with its own frozen encoder writes back the teacher-encoder outputs the file held.
-            torch.save({**teacher_part, "encoder_out": self.encoder_out if self.share_encoder else self._file_encoder_out},
-                       tmp)
+            shared = self.encoder_out if self.share_encoder else self._file_encoder_out
+            torch.save({**teacher_part, "window_s": self.window_s, "encoder_out": shared}, tmp)
 
     def load(self, path) -> int:
         """Reuse a saved cache for what it holds that this run needs; returns how many entries it gave
@@ -67,6 +70,13 @@ class TeacherCache:
             saved = torch.load(path, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError, EOFError, AttributeError):
             return 0
+        if saved.get("window_s") != self.window_s:  # every output differs; writing ours would erase the file's
+            from whisper_kdq.errors import UserError
+
+            def name(w):
+                return "Whisper's 30-s window" if w is None else f"a {w:g}-s window"
+            raise UserError(f"teacher cache {path} holds outputs for {name(saved.get('window_s'))}, this run reads "
+                            f"{name(self.window_s)}: give it another --teacher-cache file")
         if self.share_encoder:  # the teacher's encoder output is the same whatever the decoder-side settings
             self.encoder_out.update(saved.get("encoder_out", {}))
         else:

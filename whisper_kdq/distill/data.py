@@ -58,11 +58,12 @@ class FeatureMemo:
     A run of many epochs would otherwise recompute every clip's spectrogram each time it comes round
     (~26 ms a clip on a laptop core: as long as a whole training step on a GPU). Kept in float32, so
     a batch is bit-identical with or without the memo; past `max_bytes` new clips are computed and
-    not kept."""
+    not kept. `window_s`: pad to an audio window shorter than 30 s (evaluate/window.py)."""
 
-    def __init__(self, processor, max_bytes: int = 4 << 30) -> None:
+    def __init__(self, processor, max_bytes: int = 4 << 30, window_s: float | None = None) -> None:
         self.processor = processor
         self.max_bytes = max_bytes
+        self.window_s = window_s
         self.bytes = 0
         self._kept: dict[str, tuple[torch.Tensor, int]] = {}
 
@@ -72,7 +73,7 @@ class FeatureMemo:
     def __call__(self, utterances: Sequence[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, mels, frames] features, [B] encoder frames holding audio)."""
         new = {u.id: u for u in utterances if u.id not in self._kept}
-        fresh = dict(zip(new, zip(*_features(list(new.values()), self.processor)))) if new else {}
+        fresh = dict(zip(new, zip(*_features(list(new.values()), self.processor, self.window_s)))) if new else {}
         for uid, (feats, frames) in fresh.items():
             if self.bytes + feats.nbytes <= self.max_bytes:
                 # A copy: a row of the batch tensor would keep the whole batch alive, past `max_bytes`.
@@ -82,23 +83,35 @@ class FeatureMemo:
         return torch.stack([f for f, _ in rows]), torch.tensor([n for _, n in rows])
 
 
-def _features(utterances: Sequence[Utterance], processor) -> tuple[torch.Tensor, list[int]]:
+def _features(utterances: Sequence[Utterance], processor, window_s: float | None = None
+              ) -> tuple[torch.Tensor, list[int]]:
     audio = [u.load() for u in utterances]
-    feats = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    extractor, frames = processor.feature_extractor, ENCODER_FRAMES
+    if window_s is not None:
+        from whisper_kdq.evaluate.window import windowed_extractor
+
+        try:
+            extractor = windowed_extractor(extractor, window_s, audio)  # refuses a clip longer than the window
+        except UserError as exc:
+            longest = max(range(len(audio)), key=lambda i: len(audio[i]))
+            raise UserError(f"{utterances[longest].source or utterances[longest].id}: {exc}") from None
+        frames = extractor.nb_max_frames // 2
+    feats = extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
     # One encoder frame per 320 samples (hop 160, then the stride-2 convolution), 1500 at most (30 s).
-    return feats, [min(ENCODER_FRAMES, max(1, math.ceil(len(a) / 320))) for a in audio]
+    return feats, [min(frames, max(1, math.ceil(len(a) / 320))) for a in audio]
 
 
 def make_batch(utterances: Sequence[Utterance], processor, texts: dict[str, str] | None = None,
-               features: FeatureMemo | None = None) -> Batch:
+               features: FeatureMemo | None = None, window_s: float | None = None) -> Batch:
     """Features and teacher-forcing tensors; `texts` replaces references (pseudo-labels); `features`
-    keeps each clip's spectrogram for the next epoch."""
+    keeps each clip's spectrogram for the next epoch (and sets the window); `window_s` pads to an audio
+    window shorter than 30 s."""
     tok = processor.tokenizer
     eot = tok.convert_tokens_to_ids("<|endoftext|>")
     if features is not None:
         feats, frames = features(utterances)
     else:
-        feats, counts = _features(utterances, processor)
+        feats, counts = _features(utterances, processor, window_s)
         frames = torch.tensor(counts)
     seqs = [label_ids(tok, (texts or {}).get(u.id, u.text), u.language) for u in utterances]
     width = max(len(s) for s in seqs) - 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,6 +51,9 @@ class TrainConfig:
     # With Adam every row of the 51,865-token embedding moves by ~lr per step however small its gradient;
     # on a few hundred utterances that drifts tokens never seen in training (runaway loops on rare tokens).
     freeze_embedding: bool = False
+    # Read S-second audio windows instead of Whisper's 30 s (evaluate/window.py): on short clips the
+    # encoder's work drops faster than linearly. The saved model is a standard Whisper model.
+    window_s: float | None = None
 
 
 @dataclass
@@ -127,12 +131,12 @@ class Trainer:
             and teacher is not None
         self.cache = TeacherCache(t_model, cfg.top_k, keep_hidden=weights.hidden > 0,
                                   student_encoder=self.raw.model.encoder if student.frozen_encoder else None,
-                                  share_encoder=share, keep_encoder_hidden=self.encoder_kd)
+                                  share_encoder=share, keep_encoder_hidden=self.encoder_kd, window_s=cfg.window_s)
         # Without the teacher (plain fine-tuning) the file is only read: the shared encoder's outputs.
         self.cache_file = Path(cfg.teacher_cache) if cfg.teacher_cache and (t_model is not None or share) else None
         self.cached_at_start = self.cache.load(self.cache_file) if self.cache_file and self.cache_file.is_file() else 0
         self.log = ckpt.MetricsLog(run_dir / "metrics.jsonl", enabled=self.acc.is_main_process)
-        self.features = FeatureMemo(student.loaded.processor)
+        self.features = FeatureMemo(student.loaded.processor, window_s=cfg.window_s)
         self.step = 0
         self.best = (math.inf, None)
 
@@ -159,7 +163,24 @@ class Trainer:
                           self.features)
 
     # -------------------------------------------------------------------------------- one step
+    @contextmanager
+    def _window(self):
+        """Student and teacher read the run's audio window, for one step. Entered per step rather than for
+        the whole run, so that checkpoints hold the models' whole position tables."""
+        from whisper_kdq.evaluate.window import audio_window
+
+        with ExitStack() as stack:
+            if self.cfg.window_s is not None:
+                stack.enter_context(audio_window(self.raw, self.cfg.window_s))
+                if self.cache.teacher is not None:
+                    stack.enter_context(audio_window(self.cache.teacher, self.cfg.window_s))
+            yield
+
     def _loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with self._window():
+            return self._window_loss(batch)
+
+    def _window_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         if any(uid not in self.cache for uid in batch.ids):
             self.cache.fill(batch, self.device)
         cached = self.cache.stack(batch, self.device)
@@ -248,7 +269,8 @@ class Trainer:
         loaded = LoadedModel(self.raw, self.student.loaded.processor, "student", "transformers", None, 0)
         # Fake-quantized weights computed once for the whole evaluation, not at every decoding step.
         with torch.no_grad(), parametrize.cached():
-            report = evaluate_model(loaded, dev, batch_size=self.cfg.batch_size, device=self.device)
+            report = evaluate_model(loaded, dev, batch_size=self.cfg.batch_size, device=self.device,
+                                    window_s=self.cfg.window_s)
         self.raw.train()
         if self.student.frozen_encoder:
             self.raw.model.encoder.eval()
