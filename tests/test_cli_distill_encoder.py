@@ -71,6 +71,33 @@ def test_encoder_only_dry_run_and_one_line_errors(teacher4, fixture_manifest, tm
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.output
 
 
+def test_encoder_only_at_a_short_window(teacher4, fixture_manifest, tmp_path):
+    """Targets computed at a 3-s window (150 positions) and kept with their window: a run at another window
+    refuses the file instead of mixing lengths, and the saved student keeps its whole position table."""
+    run, targets = tmp_path / "run", tmp_path / "targets.pt"
+    args = _args(teacher4, fixture_manifest, run, "--student-encoder-map", "0,3", "--steps", "2", "--window", "3",
+                 "--teacher-cache", str(targets), "--eval-data", str(fixture_manifest), "--json")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert set(summary["dev"]) == {"en", "ja"}
+    saved = torch.load(targets, weights_only=True)
+    assert saved["window_s"] == 3 and {r[1].shape[-2] for r in saved["rows"].values()} == {150}
+    student = load_model(summary["model"]).model
+    teacher = load_model(str(teacher4)).model
+    assert student.model.encoder.embed_positions.weight.shape == teacher.model.encoder.embed_positions.weight.shape
+    # The same run directory at another window is another run; the targets file says which window it holds.
+    other = runner.invoke(app, [*args[:-1], "--window", "4"])
+    assert other.exit_code == 2 and "holds a different run" in other.output
+    elsewhere = runner.invoke(app, [*_args(teacher4, fixture_manifest, tmp_path / "b", "--student-encoder-map", "0,3",
+                                           "--steps", "1", "--teacher-cache", str(targets))])
+    assert elsewhere.exit_code == 2 and "holds targets for a 3-s window, this run reads Whisper's 30-s window" \
+        in elsewhere.output and "Traceback" not in elsewhere.output
+    short = runner.invoke(app, _args(teacher4, fixture_manifest, tmp_path / "c", "--student-encoder-map", "0,3",
+                                     "--steps", "1", "--window", "1"))
+    assert short.exit_code == 2 and "longest clip is 2.3 s" in short.output
+
+
 @pytest.mark.integration
 def test_encoder_only_on_whisper_base_gets_closer_to_the_teacher_on_unseen_clips(fixture_manifest, tmp_path):
     """Real whisper-base, real speech: a 2-block encoder (teacher block 0 frozen, one block from teacher block 5)
@@ -95,3 +122,32 @@ def test_encoder_only_on_whisper_base_gets_closer_to_the_teacher_on_unseen_clips
         before = float(frame_distance(untrained(feats).last_hidden_state, target, frames))
         after = float(frame_distance(trained(feats).last_hidden_state, target, frames))
     assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.integration
+def test_encoder_only_on_whisper_base_at_a_10_s_window(fixture_manifest, tmp_path):
+    """The same at a 10-s window: trained on windowed targets, the cut encoder reads unseen clips at that
+    window closer to the teacher (also at that window) than before, and the student decodes there."""
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.distill.data import FeatureMemo
+    from whisper_kdq.distill.encoder import frame_distance
+    from whisper_kdq.evaluate.window import audio_window
+    from whisper_kdq.models.students import cut_student
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["distill", "--encoder-only", "--teacher", "base", "--data", str(fixture_manifest),
+                                 "--limit", "4", "--out", str(run), "--student-encoder-map", "0,5", "--steps", "16",
+                                 "--batch-size", "2", "--lr", "5e-4", "--warmup", "2", "--device", "cpu", "--window",
+                                 "10", "--json"])
+    assert result.exit_code == 0, result.output
+    teacher = load_model("base")
+    trained = load_model(json.loads(result.stdout)["model"]).model
+    untrained = cut_student(teacher, [0, 5], list(range(6))).model
+    unseen = load_dataset(fixture_manifest).utterances[4:]
+    feats, frames = FeatureMemo(teacher.processor, window_s=10)(unseen)
+    assert feats.shape[-1] == 1000
+    with torch.no_grad(), audio_window(teacher.model, 10), audio_window(trained, 10), audio_window(untrained, 10):
+        target = teacher.model.model.encoder(feats).last_hidden_state
+        before = float(frame_distance(untrained.model.encoder(feats).last_hidden_state, target, frames))
+        after = float(frame_distance(trained.model.encoder(feats).last_hidden_state, target, frames))
+    assert target.shape[1] == 500 and after < 0.8 * before, (before, after)

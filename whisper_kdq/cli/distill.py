@@ -64,7 +64,7 @@ def distill(
     eval_every: int = typer.Option(0, help="Evaluate on dev every N steps (0: at the end only)."),
     top_k: int = typer.Option(64, help="Teacher log-probs cached per position."),
     teacher_cache: Optional[Path] = typer.Option(None, help="File keeping the teacher's outputs for later runs on the same data."),
-    window: Optional[float] = typer.Option(None, "--window", help="Train (and evaluate on dev) reading S-second audio windows instead of 30 s: far less encoder work on short clips. Every clip must fit; the saved model is a standard Whisper model (decode it with `evaluate --window S`)."),
+    window: Optional[float] = typer.Option(None, "--window", help="Train (and evaluate on dev) reading S-second audio windows instead of 30 s: far less encoder work on short clips. Every clip must fit; the saved model is a standard Whisper model (decode it with `evaluate --window S`). With --encoder-only: the targets are computed at that window."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the student, layer map and loss plan; train nothing."),
     force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a different run."),
@@ -109,9 +109,8 @@ def distill(
                              max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep,
                              eval_every=eval_every or save_every, dry_run=dry_run,
                              conflicts={"--plan/--quantize": plan_dict is not None, "--student": student is not None,
-                                        "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label,
-                                        "--window": window is not None},
-                             targets_file=teacher_cache, device=dev_name)
+                                        "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
+                             targets_file=teacher_cache, device=dev_name, window_s=window)
     if dry_run:
         return _show(describe(make_student(t, spec, dev_name), t, request), as_json)
     train, dev = _datasets(data, split, limit, eval_data, eval_split, eval_limit)

@@ -108,9 +108,10 @@ def frame_distance(student: torch.Tensor, teacher: torch.Tensor, frames: torch.T
 class EncoderTargets:
     """Per clip: the frozen blocks' output and the teacher's targets, in float16, computed once."""
 
-    def __init__(self, cut: EncoderCut, teacher: str = "") -> None:
+    def __init__(self, cut: EncoderCut, teacher: str = "", window_s: float | None = None) -> None:
         self.cut = cut
         self.teacher = teacher  # the teacher's reference: a file for another teacher is refused
+        self.window_s = window_s  # the audio window the targets were computed at; None is Whisper's 30 s
         self.rows: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def fill(self, teacher_encoder, utterances: Sequence[Utterance], memo: FeatureMemo, batch_size: int = 8,
@@ -134,10 +135,10 @@ class EncoderTargets:
 
     def save(self, path: Path) -> None:
         with atomic_file(Path(path)) as tmp:
-            torch.save({"cut": vars(self.cut), "teacher": self.teacher, "rows": self.rows}, tmp)
+            torch.save({"cut": vars(self.cut), "teacher": self.teacher, "window_s": self.window_s, "rows": self.rows}, tmp)
 
     @classmethod
-    def load(cls, path: Path, cut: EncoderCut, teacher: str = "") -> "EncoderTargets":
+    def load(cls, path: Path, cut: EncoderCut, teacher: str = "", window_s: float | None = None) -> "EncoderTargets":
         try:
             data = torch.load(path, weights_only=True)
         except Exception as exc:  # truncated or not ours: say which file, the user can delete it
@@ -146,7 +147,12 @@ class EncoderTargets:
             raise UserError(f"{path} holds targets for another cut ({data['cut']}), not {vars(cut)}")
         if data.get("teacher", teacher) != teacher:  # files written before the field was added are not checked
             raise UserError(f"{path} holds targets of teacher {data.get('teacher')!r}, not {teacher!r}")
-        out = cls(cut, teacher)
+        if data.get("window_s") != window_s:  # every target differs in length and value
+            def name(w: float | None) -> str:
+                return "Whisper's 30-s window" if w is None else f"a {w:g}-s window"
+            raise UserError(f"{path} holds targets for {name(data.get('window_s'))}, this run reads {name(window_s)}: "
+                            f"give it another --teacher-cache file")
+        out = cls(cut, teacher, window_s)
         out.rows = data["rows"]
         return out
 

@@ -42,6 +42,9 @@ class EncoderTraining:
     keep: int = 2
     eval_every: int = 100  # dev regression loss; the best step's encoder is the one saved
     device: str = "cpu"
+    # Targets and dev decoding at S-second audio windows (evaluate/window.py); None is Whisper's 30 s.
+    # The trained blocks take no positions, so only the targets (and their cost) change with the window.
+    window_s: float | None = None
 
 
 def batch_ids(ids: Sequence[str], batch_size: int, seed: int, step: int) -> list[str]:
@@ -162,11 +165,13 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
                                                    **asdict(settings)}}
     for k in ("steps", "save_every", "keep", "eval_every", "device"):
         request["encoder_only"].pop(k)  # a resumed run may change them
+    if settings.window_s is None:
+        request["encoder_only"].pop("window_s")  # run directories from before the option stay resumable
     resuming = ckpt.check_run_dir(out, request, force)
     student = cut_student(teacher, cut.encoder_map, decoder_map)
     ids = [u.id for u in train.utterances]
     dev_ids = [u.id for u in dev.utterances] if dev is not None else []
-    targets = _targets(teacher, cut, train, dev, Path(targets_file or out / "targets.pt"), status)
+    targets = _targets(teacher, cut, train, dev, Path(targets_file or out / "targets.pt"), settings.window_s, status)
     trainer = EncoderTrainer(student.model.model.encoder, cut, targets, ids, dev_ids, settings, out)
     student.model.to(settings.device)
     if resuming:
@@ -181,16 +186,17 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
                    decoder_map=decoder_map, params=student.params)
     if dev is not None and len(dev):
         status("decoding the dev split")
-        report = evaluate_model(student, dev, device=settings.device)
+        report = evaluate_model(student, dev, device=settings.device, window_s=settings.window_s)
         summary["dev"] = {k: {m: v[m] for m in ("cer", "wer")} for k, v in report["languages"].items()}
     write_json(out / "summary.json", summary)
     return summary
 
 
 def _targets(teacher: LoadedModel, cut: EncoderCut, train: Dataset, dev: Dataset | None, path: Path,
-             status: Callable[[str], None]) -> EncoderTargets:
+             window_s: float | None, status: Callable[[str], None]) -> EncoderTargets:
     """The teacher's targets for every train and dev clip, from `path` where it has them (then kept there)."""
-    targets = EncoderTargets.load(path, cut, teacher.ref) if path.is_file() else EncoderTargets(cut, teacher.ref)
+    targets = (EncoderTargets.load(path, cut, teacher.ref, window_s) if path.is_file()
+               else EncoderTargets(cut, teacher.ref, window_s))
     clips = {u.id: u for u in train.utterances + (dev.utterances if dev is not None else [])}  # kept by id
     missing = [u for uid, u in clips.items() if uid not in targets.rows]
     if missing:
@@ -201,6 +207,9 @@ def _targets(teacher: LoadedModel, cut: EncoderCut, train: Dataset, dev: Dataset
             status(f"teacher encoder targets: {done[0]}/{len(missing)} clips")
 
         progress(0)
-        targets.fill(teacher.model.model.encoder, missing, FeatureMemo(teacher.processor, max_bytes=0), progress=progress)
+        # `embed` adds as many positions as the features have frames, so a windowed memo is all it takes;
+        # it refuses a clip longer than the window, naming its manifest line.
+        memo = FeatureMemo(teacher.processor, max_bytes=0, window_s=window_s)
+        targets.fill(teacher.model.model.encoder, missing, memo, progress=progress)
         targets.save(path)
     return targets
