@@ -74,11 +74,10 @@ class TeacherCache:
             return 0
         if saved.get("window_s") != self.window_s:  # every output differs; writing ours would erase the file's
             from whisper_kdq.errors import UserError
+            from whisper_kdq.evaluate.window import window_name
 
-            def name(w):
-                return "Whisper's 30-s window" if w is None else f"a {w:g}-s window"
-            raise UserError(f"teacher cache {path} holds outputs for {name(saved.get('window_s'))}, this run reads "
-                            f"{name(self.window_s)}: give it another --teacher-cache file")
+            raise UserError(f"teacher cache {path} holds outputs for {window_name(saved.get('window_s'))}, this run "
+                            f"reads {window_name(self.window_s)}: give it another --teacher-cache file")
         if self.share_encoder:  # the teacher's encoder output is the same whatever the decoder-side settings
             self.encoder_out.update(saved.get("encoder_out", {}))
         else:

@@ -148,10 +148,10 @@ class EncoderTargets:
         if data.get("teacher", teacher) != teacher:  # files written before the field was added are not checked
             raise UserError(f"{path} holds targets of teacher {data.get('teacher')!r}, not {teacher!r}")
         if data.get("window_s") != window_s:  # every target differs in length and value
-            def name(w: float | None) -> str:
-                return "Whisper's 30-s window" if w is None else f"a {w:g}-s window"
-            raise UserError(f"{path} holds targets for {name(data.get('window_s'))}, this run reads {name(window_s)}: "
-                            f"give it another --teacher-cache file")
+            from whisper_kdq.evaluate.window import window_name
+
+            raise UserError(f"{path} holds targets for {window_name(data.get('window_s'))}, this run reads "
+                            f"{window_name(window_s)}: give it another --teacher-cache file")
         out = cls(cut, teacher, window_s)
         out.rows = data["rows"]
         return out

@@ -35,6 +35,11 @@ def window_positions(seconds: float, clips: Sequence[np.ndarray] = ()) -> int:
     return positions
 
 
+def window_name(seconds: float | None) -> str:
+    """How messages name a window (None: Whisper's own)."""
+    return "Whisper's 30-s window" if seconds is None else f"a {seconds:g}-s window"
+
+
 def windowed_extractor(extractor, seconds: float, clips: Sequence[np.ndarray] = ()):
     """A copy of a `WhisperFeatureExtractor` that pads to an S-second window (whole encoder positions),
     after checking that every clip fits it."""
