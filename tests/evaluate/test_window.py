@@ -14,7 +14,7 @@ from whisper_kdq.cli import app
 from whisper_kdq.data.manifest import Utterance
 from whisper_kdq.errors import UserError
 from whisper_kdq.evaluate.decode import transcribe
-from whisper_kdq.evaluate.window import audio_window, window_positions, windowed_extractor
+from whisper_kdq.evaluate.window import audio_window, window_name, window_or_none, window_positions, windowed_extractor
 
 runner = CliRunner()
 
@@ -30,6 +30,12 @@ def test_window_positions_and_refusals():
     with pytest.raises(UserError, match="longest clip"):
         window_positions(1.001, [np.zeros(16016)])
     assert window_positions(1.001, [np.zeros(16000)]) == 50
+
+
+def test_how_runs_record_and_name_a_window():
+    # 30 s is Whisper's own window, recorded as no window, so a file from a run without one matches it.
+    assert window_or_none(None) is None and window_or_none(30) is None and window_or_none(10) == 10.0
+    assert window_name(None) == "Whisper's 30-s window" and window_name(2.5) == "a 2.5-s window"
 
 
 def test_windowed_extractor_pads_to_the_window_and_leaves_the_original(tiny_processor):

@@ -77,10 +77,10 @@ def distill(
 
     dev_name = resolve_device(device)
     if window is not None:
-        from whisper_kdq.evaluate.window import FULL_WINDOW_S, window_positions
+        from whisper_kdq.evaluate.window import window_or_none, window_positions
 
         window_positions(window)  # refuses a window outside (0, 30] before anything loads
-        window = None if window == FULL_WINDOW_S else window
+        window = window_or_none(window)
     weights = LossWeights(ce_weight, kd_weight, hidden_weight, temperature, matching, hidden_loss)
     weights.validate()
     cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup,

@@ -37,9 +37,9 @@ class TeacherCache:
                  window_s: float | None = None) -> None:
         self.teacher = teacher
         # The audio window the outputs were computed at; None is Whisper's 30 s.
-        from whisper_kdq.evaluate.window import FULL_WINDOW_S
+        from whisper_kdq.evaluate.window import window_or_none
 
-        self.window_s = None if window_s in (None, FULL_WINDOW_S) else float(window_s)
+        self.window_s = window_or_none(window_s)
         self.top_k = top_k
         self.keep_hidden = keep_hidden
         self.keep_encoder_hidden = keep_encoder_hidden  # only when the student's encoder trains

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -158,9 +158,12 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
     from whisper_kdq.export import save_transformers_dir
     from whisper_kdq.fileio import atomic_dir
 
+    from whisper_kdq.evaluate.window import window_or_none
+
     status = on_status or (lambda _: None)
     out = Path(out)
     cut = cut.resolve(teacher.model.config.encoder_layers)
+    settings = replace(settings, window_s=window_or_none(settings.window_s))  # 30 s is no window, as in distill
     request = {**(request or {}), "encoder_only": {"cut": asdict(cut), "decoder_map": decoder_map,
                                                    **asdict(settings)}}
     for k in ("steps", "save_every", "keep", "eval_every", "device"):

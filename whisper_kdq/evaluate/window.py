@@ -35,6 +35,11 @@ def window_positions(seconds: float, clips: Sequence[np.ndarray] = ()) -> int:
     return positions
 
 
+def window_or_none(seconds: float | None) -> float | None:
+    """The window as runs record it: None for Whisper's own 30 s (asked for or not), else the seconds."""
+    return None if seconds is None or seconds == FULL_WINDOW_S else float(seconds)
+
+
 def window_name(seconds: float | None) -> str:
     """How messages name a window (None: Whisper's own)."""
     return "Whisper's 30-s window" if seconds is None else f"a {seconds:g}-s window"
