@@ -77,16 +77,21 @@ class Pipeline:
             self.cli("quantize", "--model", model, "--out", str(target), *flags)
         return str(target)
 
-    def distill(self, name: str, *flags: str, decoder_layers: int | None = None, lr: float | None = None) -> tuple[str, float]:
+    def distill(self, name: str, *flags: str, decoder_layers: int | None = None, lr: float | None = None,
+                student: str | None = None) -> tuple[str, float]:
+        """A student with the teacher's encoder frozen and a cut of its decoder, or `student` (a model reference)
+        with its own encoder frozen."""
         a = self.a
+        who = ["--student", student] if student else ["--student-decoder-layers", str(decoder_layers or a.decoder_layers)]
         summary = self.cli("distill", "--teacher", "base", "--data", str(self.train), "--out", str(self.out / name),
-                           "--freeze-encoder", "--student-decoder-layers", str(decoder_layers or a.decoder_layers),
+                           "--freeze-encoder", *who,
                            "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(lr or a.lr),
                            "--warmup", str(max(1, a.steps // 4)),
                            "--save-every", str(max(1, a.steps // 2)), "--device", a.device,
                            "--teacher-cache", str(self.out / f"teacher-cache{self._window_tag()}.pt"),
                            *(["--window", f"{a.train_window:g}"] if a.train_window else []),
-                           *(["--qat-init", a.qat_init] if "--plan" in flags and a.qat_init != "rtn" else []), *flags)
+                           *(["--qat-init", a.qat_init] if "--plan" in flags and a.qat_init != "rtn" and "--qat-init" not in flags
+                             else []), *flags)
         return summary["model"], summary["wall_s"]
 
     def _window_tag(self) -> str:
@@ -211,6 +216,10 @@ class Pipeline:
             "teacher CE 0.3+KD+QAT enc 4-bit GPTQ + dec/emb 2-bit (10.5x; best on dev)": lambda: self._teacher_qat(
                 "teacher-qat-e4d2-10.5x-ce03kd-dev", 2, "--encoder-bits", "4", "--override", "embed_positions=8",
                 "--override", "model.decoder.layers.[1-5].fc[12]=3", ce=0.3, select_on_dev=True, qat_init="gptq"),
+            # 10.5x on a CPU with the encoder trained after all: by regression, quantization-aware, then frozen at
+            # its trained codes while the decoder trains.
+            "encoder QAT by regression then decoder CE 0.3+KD+QAT guided 2/3-bit (10.5x; best on dev)":
+                lambda: self._regressed_encoder_qat("teacher-qat-guided-23-10.5x-encreg", self._guided_10x_plan()),
         }
 
     def _student_rows(self) -> dict:
@@ -234,6 +243,35 @@ class Pipeline:
             "CTranslate2 export of the best compressed model": self._ct2_best,
             "CTranslate2 int8 export of the best compressed model": lambda: self._ct2_best("int8"),
         }
+
+    def _regressed_encoder_qat(self, name: str, plan: str) -> tuple[dict, float]:
+        """The whole encoder (convolutions too) trained quantization-aware by regression on the teacher's encoder
+        output, block by block (`distill --encoder-only --plan`: no decoder work, which a CPU affords), from GPTQ's
+        codes; then the decoder and embedding trained as `_teacher_qat` does, on that encoder frozen at its
+        trained codes (`--student FILE --qat-init packed`). Training wall = both stages."""
+        a = self.a
+        enc = self.cli("distill", "--encoder-only", "--teacher", "base", "--data", str(self.train),
+                       "--eval-data", str(self.manifest), "--eval-split", "dev", "--out", str(self.out / f"{name}-encoder"),
+                       "--student-encoder-map", "0,1,2,3,4,5", "--frozen-encoder-layers", "0", "--plan", plan,
+                       "--qat-init", "gptq", "--steps", str(a.encoder_steps), "--batch-size", str(a.batch_size),
+                       "--lr", str(a.encoder_lr), "--warmup", "20", "--save-every", "25", "--eval-every", "50",
+                       "--teacher-cache", str(self.out / f"encoder-targets-front{self._window_tag()}.pt"),
+                       *(["--window", f"{a.train_window:g}"] if a.train_window else []), "--device", a.device)
+        dev = ["--eval-data", str(self.manifest), "--eval-split", "dev", "--eval-every", str(max(1, a.steps // 3))]
+        model, wall = self.distill(name, "--ce", "0.3", "--kd", "1", "--hidden", "1", "--matching", "static", "--plan", plan,
+                                   "--qat-init", "packed", *dev, student=enc["model"], lr=a.qat_lr)
+        return self.evaluate(model), enc["wall_s"] + wall
+
+    def _guided_10x_plan(self) -> str:
+        """The GPU study's plan (benchmarks/gpu_study.py): guided per weight matrix at 2/3 bits, positions 8-bit,
+        10.5x the fp32 teacher; selected on the dev split unless the file is already in --out."""
+        target = self.out / "plan-guided-linear-23-10.5x.json"
+        if not target.is_file():
+            from gpu_study import select_plan
+
+            select_plan(argparse.Namespace(teacher="base", corpus=self.a.corpus, out=self.out, device=self.a.device),
+                        {"ratio": 10.5, "low_bits": 2, "high_bits": 3})
+        return str(target)
 
     def _trained(self, name: str, *flags: str, **kw) -> tuple[dict, float]:
         model, wall = self.distill(name, *flags, **kw)
@@ -323,6 +361,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--qat-init", default="rtn", choices=["rtn", "gptq"],
                    help="starting codes of every quantization-aware row (distill --qat-init)")
     p.add_argument("--target-ratio", type=float, default=10.5)
+    p.add_argument("--encoder-steps", type=int, default=400, help="steps of the encoder regression rows")
+    p.add_argument("--encoder-lr", type=float, default=2e-4, help="lr of the encoder regression rows")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test clips only")
     p.add_argument("--fallback", action="store_true",
                    help="decode with `evaluate --fallback`, both engines (use a fresh --out: finished rows are kept)")

@@ -63,7 +63,8 @@ def test_encoder_only_dry_run_and_one_line_errors(teacher4, fixture_manifest, tm
     for extra, message in ((["--steps", "2"], "needs --student-encoder-layers"),
                            (["--student-encoder-map", "1,3"], "must be the teacher's first 1"),
                            (["--student-encoder-map", "0,3", "--frozen-encoder-layers", "2"], "leave one to train"),
-                           (["--student-encoder-map", "0,3", "--quantize", "4"], "drop --plan/--quantize"),
+                           (["--student-encoder-map", "0,3", "--quantize", "4", "--qat-init", "packed"],
+                            "drop --qat-init packed"),
                            (["--student-encoder-map", "0,3", "--freeze-encoder"], "drop --freeze-encoder")):
         result = runner.invoke(app, _args(teacher4, fixture_manifest, out, *extra))
         assert result.exit_code == 2, (extra, result.output)
@@ -98,6 +99,50 @@ def test_encoder_only_at_a_short_window(teacher4, fixture_manifest, tmp_path):
     assert short.exit_code == 2 and "longest clip is 2.3 s" in short.output
 
 
+def _codes(path) -> dict:
+    from whisper_kdq.quant.checkpoint import packed_codes
+
+    return packed_codes(path)
+
+
+def test_quantization_aware_encoder_then_its_decoder_on_the_same_codes(teacher4, fixture_manifest, tmp_path):
+    """`--encoder-only --quantize 3 --frozen-encoder-layers 0`: the whole encoder, convolutions included, trains
+    fake-quantized and is saved packed (decoder float); `distill --student THAT --freeze-encoder --qat-init packed`
+    then trains the decoder on it, and the encoder's codes and scales come out exactly as they went in."""
+    result = runner.invoke(app, _args(teacher4, fixture_manifest, tmp_path / "enc", "--student-encoder-map", "0,1,2,3",
+                                      "--frozen-encoder-layers", "0", "--quantize", "3", "--steps", "4", "--json"))
+    assert result.exit_code == 0, result.output
+    encoder_file = json.loads(result.stdout)["model"]
+    assert encoder_file.endswith(".safetensors")
+    codes = _codes(encoder_file)
+    assert {"model.encoder.conv1.weight", "model.encoder.layers.3.fc2.weight"} <= set(codes)
+    assert not any(n.startswith("model.decoder.") for n in codes) and codes["model.encoder.layers.3.fc2.weight"].spec.bits == 3
+    teacher = load_model(str(teacher4)).model.state_dict()
+    student = load_model(encoder_file).model.state_dict()
+    assert torch.equal(student["model.decoder.layers.1.fc1.weight"], teacher["model.decoder.layers.1.fc1.weight"])
+    # The decoder trained on it, quantization-aware, from the file's codes.
+    decoder_args = ["distill", "--teacher", str(teacher4), "--student", encoder_file, "--freeze-encoder", "--data",
+                    str(fixture_manifest), "--device", "cpu", "--batch-size", "2", "--quantize", "3", "--steps", "2",
+                    "--json"]
+    result = runner.invoke(app, [*decoder_args, "--qat-init", "packed", "--out", str(tmp_path / "dec")])
+    assert result.exit_code == 0, result.output
+    after = _codes(json.loads(result.stdout)["model"])
+    for name, q in codes.items():
+        assert torch.equal(after[name].codes, q.codes) and torch.equal(after[name].scales, q.scales), name
+    assert not torch.equal(after["model.decoder.layers.1.fc1.weight"].codes,
+                           _codes(_rtn3(teacher4, tmp_path))["model.decoder.layers.1.fc1.weight"].codes)
+    wrong = runner.invoke(app, [*decoder_args[:4], str(teacher4), *decoder_args[5:], "--qat-init", "packed", "--out",
+                                str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "is not a packed checkpoint" in wrong.output and "Traceback" not in wrong.output
+
+
+def _rtn3(model, tmp_path):
+    out = tmp_path / "rtn3.safetensors"
+    result = runner.invoke(app, ["quantize", "--model", str(model), "--bits", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("window", [None, 10])
 def test_encoder_only_on_whisper_base_gets_closer_to_the_teacher_on_unseen_clips(fixture_manifest, tmp_path, window):
@@ -130,3 +175,46 @@ def test_encoder_only_on_whisper_base_gets_closer_to_the_teacher_on_unseen_clips
         before = float(frame_distance(untrained.model.encoder(feats).last_hidden_state, target, frames))
         after = float(frame_distance(trained.model.encoder(feats).last_hidden_state, target, frames))
     assert target.shape[1] == (window or 30) * 50 and after < 0.8 * before, (before, after)
+
+
+@pytest.mark.integration
+def test_quantization_aware_whisper_base_encoder_then_decoder(fixture_manifest, tmp_path):
+    """Real whisper-base, real speech, at a 10-s window: the whole encoder (convolutions included) trained
+    3-bit by regression on four clips is closer to the teacher's encoder output on the two unseen clips than
+    the same plan's post-training codes; the decoder then trains on it from the file's codes, which stay."""
+    from contextlib import ExitStack
+
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.distill.data import FeatureMemo
+    from whisper_kdq.distill.encoder import EncoderCut, encoder_plan, frame_distance
+    from whisper_kdq.evaluate.window import audio_window
+    from whisper_kdq.quant.checkpoint import quantized_copy
+    from whisper_kdq.quant.plan import plan_from_options
+
+    common = ["--teacher", "base", "--data", str(fixture_manifest), "--limit", "4", "--batch-size", "2",
+              "--window", "10", "--device", "cpu", "--quantize", "3", "--json"]
+    result = runner.invoke(app, ["distill", "--encoder-only", *common, "--out", str(tmp_path / "enc"),
+                                 "--student-encoder-map", "0,1,2,3,4,5", "--frozen-encoder-layers", "0",
+                                 "--steps", "16", "--lr", "2e-4", "--warmup", "2"])
+    assert result.exit_code == 0, result.output
+    encoder_file = json.loads(result.stdout)["model"]
+    teacher = load_model("base")
+    trained = load_model(encoder_file).model
+    cut = EncoderCut(0, list(range(6))).resolve(6)
+    post_training = quantized_copy(teacher.model, encoder_plan(plan_from_options(bits=3), cut))
+    unseen = load_dataset(fixture_manifest).utterances[4:]
+    feats, frames = FeatureMemo(teacher.processor, window_s=10)(unseen)
+    with torch.no_grad(), ExitStack() as stack:
+        for model in (teacher.model, trained, post_training):
+            stack.enter_context(audio_window(model, 10))
+        target = teacher.model.model.encoder(feats).last_hidden_state
+        before = float(frame_distance(post_training.model.encoder(feats).last_hidden_state, target, frames))
+        after = float(frame_distance(trained.model.encoder(feats).last_hidden_state, target, frames))
+    assert after < 0.8 * before, (before, after)
+    result = runner.invoke(app, ["distill", *common, "--student", encoder_file, "--freeze-encoder", "--steps", "2",
+                                 "--qat-init", "packed", "--out", str(tmp_path / "dec")])
+    assert result.exit_code == 0, result.output
+    codes, after_decoder = _codes(encoder_file), _codes(json.loads(result.stdout)["model"])
+    assert any(n.startswith("model.decoder.") for n in after_decoder)
+    for name, q in codes.items():
+        assert torch.equal(after_decoder[name].codes, q.codes) and torch.equal(after_decoder[name].scales, q.scales)

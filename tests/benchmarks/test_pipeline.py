@@ -34,3 +34,17 @@ def test_train_window_reaches_every_student_and_its_own_teacher_cache(tmp_path):
     plain, calls = _pipeline(tmp_path / "plain")
     plain.distill("student-kd", "--kd", "1")
     assert "--window" not in calls[-1] and calls[-1][calls[-1].index("--teacher-cache") + 1].endswith("teacher-cache.pt")
+
+
+def test_regressed_encoder_row_trains_the_decoder_on_the_encoder_file(tmp_path):
+    """The 10.5x CPU row: the encoder stage's packed file is the decoder stage's student, started from its codes
+    (one --qat-init even when the pipeline's default is another), and the training wall is both stages'."""
+    p, calls = _pipeline(tmp_path, "--train-window", "10", "--qat-init", "gptq")
+    p.evaluate = lambda model: {"model": model}
+    row, wall = p._regressed_encoder_qat("r", "plan.json")
+    encoder, decoder = calls
+    assert "--encoder-only" in encoder and encoder[encoder.index("--frozen-encoder-layers") + 1] == "0"
+    assert encoder[encoder.index("--plan") + 1] == "plan.json" and encoder[encoder.index("--window") + 1] == "10"
+    assert decoder[decoder.index("--student") + 1] == "m" and "--student-decoder-layers" not in decoder
+    assert decoder.count("--qat-init") == 1 and decoder[decoder.index("--qat-init") + 1] == "packed"
+    assert row == {"model": "m"} and wall == 2.0

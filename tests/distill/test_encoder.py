@@ -123,3 +123,41 @@ def test_resume_from_a_checkpoint_gives_the_same_weights(tiny_processor, fixture
     for (name, a), b in zip(whole.encoder.state_dict().items(), second.encoder.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert second.best == whole.best
+
+
+def test_encoder_plan_keeps_only_the_trained_part_quantized(tiny_processor):
+    from whisper_kdq.distill.encoder import encoder_plan
+    from whisper_kdq.quant.plan import plan_from_options
+
+    state = _teacher(tiny_processor).model.state_dict()
+    plan = plan_from_options(bits=3)
+    quantized = lambda cut: sorted(n for n, s in encoder_plan(plan, cut).resolve(state).items() if s is not None)
+    one_block = quantized(EncoderCut(1, [3]).resolve(4))
+    assert one_block and all(n.startswith("model.encoder.layers.1.") for n in one_block)
+    whole = quantized(EncoderCut(0, [0, 1, 2, 3]).resolve(4))  # nothing frozen: the convolutions train too
+    assert {"model.encoder.conv1.weight", "model.encoder.conv2.weight", "model.encoder.layers.3.fc2.weight"} <= set(whole)
+    assert not any(n.startswith("model.decoder.") or "embed" in n for n in whole)
+
+
+def test_with_no_frozen_block_the_front_end_trains_on_kept_features(tiny_processor, fixture_manifest, tmp_path):
+    teacher = _teacher(tiny_processor)
+    utts = load_dataset(fixture_manifest).utterances
+    cut = EncoderCut(0, [0, 3]).resolve(4)
+    targets = EncoderTargets(cut)
+    targets.fill(teacher.model.model.encoder, utts, FeatureMemo(tiny_processor))
+    start, _, _ = targets.batch([utts[0].id])
+    assert start.shape[1] == teacher.model.config.num_mel_bins  # the log-mel features, not hidden states
+    student = cut_student(teacher, cut.encoder_map, [0, 1]).model.model.encoder
+    conv_before = student.conv2.weight.clone()
+    trainer = EncoderTrainer(student, cut, targets, [u.id for u in utts[:4]], [u.id for u in utts[4:]],
+                             EncoderTraining(steps=10, batch_size=2, lr=3e-3, warmup=2))
+    before = trainer.dev_loss()
+    trainer.fit()
+    assert trainer.dev_loss() < before and not torch.equal(student.conv2.weight, conv_before)
+    # A file whose rows hold the embedding's output (what files written before this kept) is refused.
+    targets.save(tmp_path / "t.pt")
+    data = torch.load(tmp_path / "t.pt", weights_only=True)
+    del data["start"]
+    torch.save(data, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="needs the features: delete it"):
+        EncoderTargets.load(tmp_path / "old.pt", cut)

@@ -49,9 +49,9 @@ def distill(
     embedding_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for the token embedding (0 = float)."),
     override: List[str] = typer.Option([], "--override", help="With --quantize or --plan: REGEX=BITS or REGEX=float (repeatable)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="With --quantize or --plan: round the inputs of quantized linear layers to N bits (4-8) per token (default: float)."),
-    qat_init: str = typer.Option("rtn", "--qat-init", help="With --quantize or --plan: starting codes of the quantized weights, rtn (nearest after the clip search) or gptq (calibrated on 32 training clips; a frozen encoder keeps them)."),
-    encoder_only: bool = typer.Option(False, "--encoder-only", help="Train only a cut encoder, by regression on the teacher's encoder output (no decoder work: affordable on a CPU); the decoder is the teacher's, or --student-decoder-map's blocks untrained."),
-    frozen_encoder_layers: int = typer.Option(1, help="With --encoder-only: the first N student encoder blocks are the teacher's first N, kept frozen."),
+    qat_init: str = typer.Option("rtn", "--qat-init", help="With --quantize or --plan: starting codes of the quantized weights, rtn (nearest after the clip search), gptq (calibrated on 32 training clips; a frozen encoder keeps them) or packed (those of a packed --student, where the plan keeps their spec)."),
+    encoder_only: bool = typer.Option(False, "--encoder-only", help="Train only a cut encoder, by regression on the teacher's encoder output (no decoder work: affordable on a CPU); the decoder is the teacher's, or --student-decoder-map's blocks untrained. With --plan/--quantize the trained blocks (and convolutions, with --frozen-encoder-layers 0) train quantization-aware and the student is saved packed."),
+    frozen_encoder_layers: int = typer.Option(1, help="With --encoder-only: the first N student encoder blocks are the teacher's first N, kept frozen (0: the convolutions train too)."),
     steps: int = typer.Option(300, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Utterances per step and process."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -91,10 +91,10 @@ def distill(
     plan_dict = _plan_from_flags(plan, quantize_bits, scheme, group_size,
                                  {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits}, override,
                                  act_bits)
-    if qat_init not in ("rtn", "gptq"):
-        raise UserError(f"unknown --qat-init {qat_init!r}: use rtn or gptq")
-    if qat_init == "gptq" and plan_dict is None:
-        raise UserError("--qat-init gptq needs --plan or --quantize")
+    if qat_init not in ("rtn", "gptq", "packed"):
+        raise UserError(f"unknown --qat-init {qat_init!r}: use rtn, gptq or packed")
+    if qat_init != "rtn" and plan_dict is None:
+        raise UserError(f"--qat-init {qat_init} needs --plan or --quantize")
     with console.status(f"loading teacher {teacher}"):
         t = load_model(teacher, device=dev_name)
     spec = StudentSpec(student, student_encoder_layers, student_decoder_layers,
@@ -102,13 +102,14 @@ def distill(
                        parse_map(student_decoder_map, t.model.config.decoder_layers, "decoder"), freeze_encoder)
     request = DistillRequest(teacher, spec, weights, cfg, plan_dict, pseudo_label, pseudo_label_max_wer,
                              str(data), None if eval_data is None else str(eval_data),
-                             "gptq" if qat_init == "gptq" else None)
+                             None if qat_init == "rtn" else qat_init)
     if encoder_only:
         return _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit, out, force, as_json,
                              frozen_encoder_layers, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                              max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep,
                              eval_every=eval_every or save_every, dry_run=dry_run,
-                             conflicts={"--plan/--quantize": plan_dict is not None, "--student": student is not None,
+                             plan=plan_dict, qat_init=None if qat_init == "rtn" else qat_init,
+                             conflicts={"--qat-init packed": qat_init == "packed", "--student": student is not None,
                                         "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
                              targets_file=teacher_cache, device=dev_name, window_s=window)
     if dry_run:

@@ -33,7 +33,7 @@ class DistillRequest:
     pseudo_label_max_wer: float | None = 0.3
     data: str = ""
     eval_data: str | None = None
-    qat_init: str | None = None  # starting codes of the planned weights: None (clip search + nearest) or "gptq"
+    qat_init: str | None = None  # starting codes of the planned weights: None (clip search + nearest), gptq, packed
 
     def as_dict(self) -> dict:
         return {"teacher": self.teacher, "student": self.student.as_dict(), "weights": asdict(self.weights),
@@ -92,12 +92,8 @@ def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | Non
         from whisper_kdq.quant.plan import plan_from_dict
 
         plan = plan_from_dict(request.plan, "plan")
-        init = None
-        if request.qat_init == "gptq" and not resuming:  # a resumed run restores its weights and scales
-            from whisper_kdq.quant.gptq import gptq_for_plan
-
-            status(f"GPTQ: calibrating on {GPTQ_CLIPS} training clips")
-            init = gptq_for_plan(student.loaded.model, student.loaded.processor, plan, train, GPTQ_CLIPS)
+        # A resumed run restores its weights and scales: no starting codes to compute.
+        init = None if resuming else initial_codes(request.qat_init, student.loaded, plan, train, status)
         hooks.prepare_model = lambda model: prepare_qat(model, plan, init=init)
         hooks.distill_layers = (request.plan.get("selection") or {}).get("distill_layers")
     if request.pseudo_label:
@@ -129,6 +125,29 @@ def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | Non
         summary["layer_map"] = student.layer_map()
         write_json(out / "summary.json", summary)
     return summary
+
+
+def initial_codes(qat_init: str | None, student: LoadedModel, plan, train: Dataset,
+                  status: Callable[[str], None] = lambda _: None) -> dict | None:
+    """Starting codes and scales of the planned weights, by `qat_init`: None (each weight's clip search, then
+    nearest levels: `prepare_qat`'s default), "gptq" (calibrated on training clips) or "packed" (the codes of
+    the student's own packed checkpoint, wherever the plan keeps its spec: a trained quantized part goes on
+    from its grid, e.g. an encoder trained by `--encoder-only --plan`)."""
+    if qat_init == "gptq":
+        from whisper_kdq.quant.gptq import gptq_for_plan
+
+        status(f"GPTQ: calibrating on {GPTQ_CLIPS} training clips")
+        return gptq_for_plan(student.model, student.processor, plan, train, GPTQ_CLIPS)
+    if qat_init == "packed":
+        from whisper_kdq.errors import UserError
+        from whisper_kdq.quant.checkpoint import packed_codes
+
+        if student.kind != "packed":
+            raise UserError(f"--qat-init packed starts from the student's packed codes: --student {student.ref} "
+                            "is not a packed checkpoint")
+        specs = plan.resolve(student.model.state_dict())
+        return {n: q for n, q in packed_codes(student.path).items() if specs.get(n) == q.spec}
+    return None
 
 
 def _save_final(model, student: Student, plan, out: Path) -> dict:

@@ -6,6 +6,7 @@ encoder blocks. Training a cut encoder through the whole model (a decoder forwar
 is a GPU job; this module trains it by regression instead, which a CPU affords:
 
 - the first `frozen` teacher blocks are kept as they are, and their output is computed once per clip;
+  with none frozen the convolution front-end trains too, and the log-mel features are what is kept;
 - each trained block starts as a copy of a teacher block (`init`) and learns to reproduce the teacher's
   hidden state after block `targets[i]` (the last one: the encoder output after the final layer norm,
   which is what the decoder's cross-attention reads);
@@ -15,12 +16,16 @@ The distance is ‖h_s − h_t‖² / ‖h_t‖² per frame (hidden-state KD in 
 summed norms instead: here every frame weighs the same, loud or quiet), averaged over all 1500 frames
 (the decoder attends to the padding frames too) plus the same average over the frames that hold audio
 (5-s clips are one sixth of the window, and they carry the speech).
+
+With a quantization plan (`encoder_plan`) the trained part is fake-quantized (`quant.fake`): block-wise
+regression is then quantization-aware training of the encoder at a fraction of the cost of training it
+through the decoder, and the packed student's encoder codes are where a decoder's training can start.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,6 +35,7 @@ from whisper_kdq.data.manifest import Utterance
 from whisper_kdq.distill.data import FeatureMemo
 from whisper_kdq.errors import UserError
 from whisper_kdq.fileio import atomic_file
+from whisper_kdq.quant.plan import Plan, Rule
 
 
 @dataclass
@@ -70,6 +76,17 @@ class EncoderCut:
         """The student's blocks as teacher block numbers (for `cut_student`)."""
         return list(range(self.frozen)) + list(self.init)
 
+    @property
+    def trains_front_end(self) -> bool:
+        """With no frozen block the convolutions train too: the blocks' input is then the student's own."""
+        return self.frozen == 0
+
+    def trained_weights(self) -> str:
+        """A regex over the student's parameter names matching what trains (its blocks, its convolutions)."""
+        blocks = "|".join(str(k) for k in range(self.frozen, self.frozen + len(self.init)))
+        front = "conv[12]|" if self.trains_front_end else ""
+        return rf"^model\.encoder\.(?:{front}layers\.(?:{blocks}))\."
+
 
 def embed(encoder, features: torch.Tensor) -> torch.Tensor:
     """The encoder's convolution front-end and positions: its first block's input."""
@@ -88,12 +105,20 @@ def run_blocks(blocks, x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def encoder_plan(plan: Plan, cut: EncoderCut) -> Plan:
+    """`plan` restricted to what trains in `cut` (the rest of the student stays float here: the teacher's
+    decoder, and the frozen blocks whose output the targets hold)."""
+    rest = Rule(f"^(?!{cut.trained_weights()[1:]})", {}, True, "encoder-only")
+    return replace(plan, rules=[*plan.rules, rest])
+
+
 @torch.no_grad()
 def teacher_states(encoder, features: torch.Tensor, cut: EncoderCut) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(the frozen blocks' output, the teacher's hidden state at each target) for a batch of features."""
+    """(the trained part's input: the frozen blocks' output, or the features where the front-end trains;
+    the teacher's hidden state at each target) for a batch of features."""
     x = embed(encoder, features)
     outs = run_blocks(encoder.layers, x)
-    start = outs[cut.frozen - 1] if cut.frozen else x
+    start = features if cut.trains_front_end else outs[cut.frozen - 1]
     targets = [outs[t] for t in cut.targets[:-1]] + [encoder.layer_norm(outs[-1])]
     return start, targets
 
@@ -106,7 +131,7 @@ def frame_distance(student: torch.Tensor, teacher: torch.Tensor, frames: torch.T
 
 
 class EncoderTargets:
-    """Per clip: the frozen blocks' output and the teacher's targets, in float16, computed once."""
+    """Per clip: the trained part's input and the teacher's targets, in float16, computed once."""
 
     def __init__(self, cut: EncoderCut, teacher: str = "", window_s: float | None = None) -> None:
         self.cut = cut
@@ -135,7 +160,8 @@ class EncoderTargets:
 
     def save(self, path: Path) -> None:
         with atomic_file(Path(path)) as tmp:
-            torch.save({"cut": vars(self.cut), "teacher": self.teacher, "window_s": self.window_s, "rows": self.rows}, tmp)
+            torch.save({"cut": vars(self.cut), "teacher": self.teacher, "window_s": self.window_s,
+                        "start": _START[self.cut.trains_front_end], "rows": self.rows}, tmp)
 
     @classmethod
     def load(cls, path: Path, cut: EncoderCut, teacher: str = "", window_s: float | None = None) -> "EncoderTargets":
@@ -145,6 +171,9 @@ class EncoderTargets:
             raise UserError(f"cannot read encoder targets {path} ({type(exc).__name__}); delete it to recompute") from None
         if data["cut"] != vars(cut):
             raise UserError(f"{path} holds targets for another cut ({data['cut']}), not {vars(cut)}")
+        if data.get("start", "hidden") != _START[cut.trains_front_end]:  # files of before the front-end trained
+            raise UserError(f"{path} holds the embedding's output as the blocks' input, this run trains the "
+                            "convolutions and needs the features: delete it to recompute")
         if data.get("teacher", teacher) != teacher:  # files written before the field was added are not checked
             raise UserError(f"{path} holds targets of teacher {data.get('teacher')!r}, not {teacher!r}")
         if data.get("window_s") != window_s:  # every target differs in length and value
@@ -157,9 +186,13 @@ class EncoderTargets:
         return out
 
 
+_START = {True: "features", False: "hidden"}  # what a targets file keeps as the trained part's input
+
+
 def student_loss(trained_blocks, final_norm, start: torch.Tensor, targets: torch.Tensor,
-                 frames: torch.Tensor) -> torch.Tensor:
-    """Sum over trained blocks of their distance to their targets ([B, n_targets, F, D])."""
-    outs = run_blocks(trained_blocks, start)
+                 frames: torch.Tensor, front_end=None) -> torch.Tensor:
+    """Sum over trained blocks of their distance to their targets ([B, n_targets, F, D]); `front_end` (the
+    student's encoder, when its convolutions train) turns features into the first block's input."""
+    outs = run_blocks(trained_blocks, start if front_end is None else embed(front_end, start))
     outs[-1] = final_norm(outs[-1])
     return sum(frame_distance(o, targets[:, i], frames) for i, o in enumerate(outs))

@@ -3,6 +3,7 @@
     runs/x/
       run.json, metrics.jsonl, checkpoints/step-N/state.pt   as for `distill` (checkpointing.py)
       model/          the student: trained encoder, the teacher's (or a cut of its) decoder
+      model.safetensors   instead, with a quantization plan: the packed student (trained part quantized)
       summary.json    steps, best dev loss and step, dev CER/WER of the saved student
 
 Batches are a function of (seed, epoch, position), so a resumed run continues exactly where the
@@ -45,6 +46,10 @@ class EncoderTraining:
     # Targets and dev decoding at S-second audio windows (evaluate/window.py); None is Whisper's 30 s.
     # The trained blocks take no positions, so only the targets (and their cost) change with the window.
     window_s: float | None = None
+    # A quantization plan (its JSON): the trained part trains fake-quantized (encoder.encoder_plan) and the
+    # student is saved packed; qat_init "gptq" starts its codes from GPTQ (None: clip search + nearest).
+    plan: dict | None = None
+    qat_init: str | None = None
 
 
 def batch_ids(ids: Sequence[str], batch_size: int, seed: int, step: int) -> list[str]:
@@ -74,9 +79,11 @@ class EncoderTrainer:
         self.train_ids, self.dev_ids = list(train_ids), list(dev_ids)
         self.encoder = encoder.to(settings.device)
         self.blocks = encoder.layers[cut.frozen:]
+        self.front_end = encoder if cut.trains_front_end else None
         for p in encoder.parameters():
             p.requires_grad_(False)
-        self.params = list(self.blocks.parameters()) + list(encoder.layer_norm.parameters())
+        convs = [*encoder.conv1.parameters(), *encoder.conv2.parameters()] if self.front_end is not None else []
+        self.params = list(self.blocks.parameters()) + list(encoder.layer_norm.parameters()) + convs
         for p in self.params:
             p.requires_grad_(True)
         self.opt = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
@@ -89,7 +96,8 @@ class EncoderTrainer:
     def loss(self, ids: Sequence[str]) -> torch.Tensor:
         start, targets, frames = self.targets.batch(ids)
         device = self.settings.device
-        return student_loss(self.blocks, self.encoder.layer_norm, start.to(device), targets.to(device), frames)
+        return student_loss(self.blocks, self.encoder.layer_norm, start.to(device), targets.to(device), frames,
+                            self.front_end)
 
     @torch.no_grad()
     def dev_loss(self) -> float:
@@ -172,6 +180,7 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
         request["encoder_only"].pop("window_s")  # run directories from before the option stay resumable
     resuming = ckpt.check_run_dir(out, request, force)
     student = cut_student(teacher, cut.encoder_map, decoder_map)
+    plan = _quantization_aware(student, cut, settings, train, resuming, status)
     ids = [u.id for u in train.utterances]
     dev_ids = [u.id for u in dev.utterances] if dev is not None else []
     targets = _targets(teacher, cut, train, dev, Path(targets_file or out / "targets.pt"), settings.window_s, status)
@@ -182,9 +191,15 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
         status(f"resuming from {last.name}")
         trainer.restore(last)
     summary = trainer.fit(on_step)
-    target = out / "model"
-    with atomic_dir(target, force=True) as tmp:
-        save_transformers_dir(student, tmp)
+    if plan is not None:
+        from whisper_kdq.quant.fake import convert_to_packed
+
+        target = out / "model.safetensors"
+        summary["model_bytes"] = convert_to_packed(student.model, student.processor, plan, target, force=True)["file_bytes"]
+    else:
+        target = out / "model"
+        with atomic_dir(target, force=True) as tmp:
+            save_transformers_dir(student, tmp)
     summary.update(model=str(target), encoder_map=cut.encoder_map, frozen=cut.frozen, targets=cut.targets,
                    decoder_map=decoder_map, params=student.params)
     if dev is not None and len(dev):
@@ -193,6 +208,24 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
         summary["dev"] = {k: {m: v[m] for m in ("cer", "wer")} for k, v in report["languages"].items()}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _quantization_aware(student: LoadedModel, cut: EncoderCut, settings: EncoderTraining, train: Dataset,
+                        resuming: bool, status: Callable[[str], None]):
+    """With a plan: fake-quantize the trained part of `student` in place; returns the plan it was given
+    (restricted to that part), or None."""
+    if settings.plan is None:
+        return None
+    from whisper_kdq.distill import initial_codes
+    from whisper_kdq.distill.encoder import encoder_plan
+    from whisper_kdq.quant.fake import prepare_qat
+    from whisper_kdq.quant.plan import plan_from_dict
+
+    plan = encoder_plan(plan_from_dict(settings.plan, "plan"), cut)
+    # A resumed run restores its weights and scales: no starting codes to compute.
+    init = None if resuming else initial_codes(settings.qat_init, student, plan, train, status)
+    prepare_qat(student.model, plan, init=init)
+    return plan
 
 
 def _targets(teacher: LoadedModel, cut: EncoderCut, train: Dataset, dev: Dataset | None, path: Path,

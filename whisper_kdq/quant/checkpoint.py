@@ -286,20 +286,31 @@ def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def unpack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Dequantized float32 state (tied copies not repeated) and the per-tensor spec table."""
-    qmeta = json.loads(meta["quantization"])
-    state = {n: t for n, t in tensors.items() if "::" not in n and n != TOKENIZER_KEY}
+def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTensor]:
+    out = {}
     for name, m in qmeta.items():
         spec = QuantSpec(m["scheme"], m["bits"], m["granularity"], m["group_size"], m["symmetric"])
         shape = tuple(m["shape"])
         codes = unpack(tensors[f"{name}::codes"], spec.bits, int(np.prod(shape))).reshape(shape)
-        offsets = tensors.get(f"{name}::offsets")
-        q = QTensor(codes, tensors[f"{name}::scales"], offsets, spec, shape)
+        out[name] = QTensor(codes, tensors[f"{name}::scales"], tensors.get(f"{name}::offsets"), spec, shape)
+    return out
+
+
+def unpack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Dequantized float32 state (tied copies not repeated) and the per-tensor spec table."""
+    qmeta = json.loads(meta["quantization"])
+    state = {n: t for n, t in tensors.items() if "::" not in n and n != TOKENIZER_KEY}
+    for name, q in _qtensors(tensors, qmeta).items():
         # The stored APoT table is authoritative: a reader needs no APoT code, only a lookup.
-        table = tensors.get(f"{name}::table")
-        state[name] = dequantize(q, table=table)
+        state[name] = dequantize(q, table=tensors.get(f"{name}::table"))
     return state, qmeta
+
+
+def packed_codes(path: Path) -> dict[str, QTensor]:
+    """The codes and scales of every quantized weight of a packed checkpoint (what `distill --qat-init packed`
+    starts from, so that training goes on from the file's grid instead of a new one)."""
+    tensors, meta = read_packed(path)
+    return _qtensors(tensors, json.loads(meta["quantization"]))
 
 
 def load_packed(path: Path, device: str = "cpu"):
