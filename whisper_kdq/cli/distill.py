@@ -95,6 +95,7 @@ def distill(
         raise UserError(f"unknown --qat-init {qat_init!r}: use rtn, gptq or packed")
     if qat_init != "rtn" and plan_dict is None:
         raise UserError(f"--qat-init {qat_init} needs --plan or --quantize")
+    start = None if qat_init == "rtn" else qat_init  # runs record the default start as none
     with console.status(f"loading teacher {teacher}"):
         t = load_model(teacher, device=dev_name)
     spec = StudentSpec(student, student_encoder_layers, student_decoder_layers,
@@ -102,13 +103,13 @@ def distill(
                        parse_map(student_decoder_map, t.model.config.decoder_layers, "decoder"), freeze_encoder)
     request = DistillRequest(teacher, spec, weights, cfg, plan_dict, pseudo_label, pseudo_label_max_wer,
                              str(data), None if eval_data is None else str(eval_data),
-                             None if qat_init == "rtn" else qat_init)
+                             start)
     if encoder_only:
         return _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit, out, force, as_json,
                              frozen_encoder_layers, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                              max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep,
                              eval_every=eval_every or save_every, dry_run=dry_run,
-                             plan=plan_dict, qat_init=None if qat_init == "rtn" else qat_init,
+                             plan=plan_dict, qat_init=start,
                              conflicts={"--qat-init packed": qat_init == "packed", "--student": student is not None,
                                         "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
                              targets_file=teacher_cache, device=dev_name, window_s=window)
