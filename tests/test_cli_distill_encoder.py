@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 
 from whisper_kdq.cli import app
 from whisper_kdq.models.refs import load_model
-from tests.conftest import tiny_model, tiny_processor_obj
+from whisper_kdq.quant.checkpoint import packed_codes
+from tests.conftest import FIXTURES, tiny_model, tiny_processor_obj
 
 runner = CliRunner()
+FIXTURE_MANIFEST = FIXTURES / "manifest.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +101,7 @@ def test_encoder_only_at_a_short_window(teacher4, fixture_manifest, tmp_path):
     assert short.exit_code == 2 and "longest clip is 2.3 s" in short.output
 
 
-def _codes(path) -> dict:
-    from whisper_kdq.quant.checkpoint import packed_codes
-
-    return packed_codes(path)
-
-
-def test_quantization_aware_encoder_then_its_decoder_on_the_same_codes(teacher4, fixture_manifest, tmp_path):
+def test_quantization_aware_encoder_then_its_decoder_on_the_samepacked_codes(teacher4, fixture_manifest, tmp_path):
     """`--encoder-only --quantize 3 --frozen-encoder-layers 0`: the whole encoder, convolutions included, trains
     fake-quantized and is saved packed (decoder float); `distill --student THAT --freeze-encoder --qat-init packed`
     then trains the decoder on it, and the encoder's codes and scales come out exactly as they went in."""
@@ -114,7 +110,7 @@ def test_quantization_aware_encoder_then_its_decoder_on_the_same_codes(teacher4,
     assert result.exit_code == 0, result.output
     encoder_file = json.loads(result.stdout)["model"]
     assert encoder_file.endswith(".safetensors")
-    codes = _codes(encoder_file)
+    codes = packed_codes(encoder_file)
     assert {"model.encoder.conv1.weight", "model.encoder.layers.3.fc2.weight"} <= set(codes)
     assert not any(n.startswith("model.decoder.") for n in codes) and codes["model.encoder.layers.3.fc2.weight"].spec.bits == 3
     teacher = load_model(str(teacher4)).model.state_dict()
@@ -126,11 +122,11 @@ def test_quantization_aware_encoder_then_its_decoder_on_the_same_codes(teacher4,
                     "--json"]
     result = runner.invoke(app, [*decoder_args, "--qat-init", "packed", "--out", str(tmp_path / "dec")])
     assert result.exit_code == 0, result.output
-    after = _codes(json.loads(result.stdout)["model"])
+    after = packed_codes(json.loads(result.stdout)["model"])
     for name, q in codes.items():
         assert torch.equal(after[name].codes, q.codes) and torch.equal(after[name].scales, q.scales), name
     assert not torch.equal(after["model.decoder.layers.1.fc1.weight"].codes,
-                           _codes(_rtn3(teacher4, tmp_path))["model.decoder.layers.1.fc1.weight"].codes)
+                           packed_codes(_rtn3(teacher4, tmp_path))["model.decoder.layers.1.fc1.weight"].codes)
     wrong = runner.invoke(app, [*decoder_args[:4], str(teacher4), *decoder_args[5:], "--qat-init", "packed", "--out",
                                 str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "is not a packed checkpoint" in wrong.output and "Traceback" not in wrong.output
@@ -143,18 +139,32 @@ def _rtn3(model, tmp_path):
     return out
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("window", [None, 10])
-def test_encoder_only_on_whisper_base_gets_closer_to_the_teacher_on_unseen_clips(fixture_manifest, tmp_path, window):
-    """Real whisper-base, real speech: a 2-block encoder (teacher block 0 frozen, one block from teacher block 5)
-    trained on four clips reproduces the teacher's encoder output on the two other clips better than before;
-    with `--window 10` trained on windowed targets and compared at that window (500 frames, not 1500)."""
+def _distances_to_teacher(teacher, models, window) -> tuple[list[float], int]:
+    """Each model's encoder-output distance to the teacher's on the fixture clips the runs left out (4 and 5),
+    all read at `window` (None: 30 s); and the frames of the teacher's output."""
     from contextlib import ExitStack
 
     from whisper_kdq.data.manifest import load_dataset
     from whisper_kdq.distill.data import FeatureMemo
     from whisper_kdq.distill.encoder import frame_distance
     from whisper_kdq.evaluate.window import audio_window
+
+    unseen = load_dataset(FIXTURE_MANIFEST).utterances[4:]
+    feats, frames = FeatureMemo(teacher.processor, window_s=window)(unseen)
+    with torch.no_grad(), ExitStack() as stack:
+        for model in (teacher.model, *models) if window else ():
+            stack.enter_context(audio_window(model, window))
+        target = teacher.model.model.encoder(feats).last_hidden_state
+        return [float(frame_distance(m.model.encoder(feats).last_hidden_state, target, frames)) for m in models], \
+            target.shape[1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("window", [None, 10])
+def test_encoder_only_on_whisper_base_gets_closer_to_the_teacher_on_unseen_clips(fixture_manifest, tmp_path, window):
+    """Real whisper-base, real speech: a 2-block encoder (teacher block 0 frozen, one block from teacher block 5)
+    trained on four clips reproduces the teacher's encoder output on the two other clips better than before;
+    with `--window 10` trained on windowed targets and compared at that window (500 frames, not 1500)."""
     from whisper_kdq.models.students import cut_student
 
     run = tmp_path / "run"
@@ -166,15 +176,8 @@ def test_encoder_only_on_whisper_base_gets_closer_to_the_teacher_on_unseen_clips
     teacher = load_model("base")
     trained = load_model(json.loads(result.stdout)["model"]).model
     untrained = cut_student(teacher, [0, 5], list(range(6))).model
-    unseen = load_dataset(fixture_manifest).utterances[4:]
-    feats, frames = FeatureMemo(teacher.processor, window_s=window)(unseen)
-    with torch.no_grad(), ExitStack() as stack:
-        for model in (teacher.model, trained, untrained) if window else ():
-            stack.enter_context(audio_window(model, window))
-        target = teacher.model.model.encoder(feats).last_hidden_state
-        before = float(frame_distance(untrained.model.encoder(feats).last_hidden_state, target, frames))
-        after = float(frame_distance(trained.model.encoder(feats).last_hidden_state, target, frames))
-    assert target.shape[1] == (window or 30) * 50 and after < 0.8 * before, (before, after)
+    (before, after), frames = _distances_to_teacher(teacher, [untrained, trained], window)
+    assert frames == (window or 30) * 50 and after < 0.8 * before, (before, after)
 
 
 @pytest.mark.integration
@@ -182,12 +185,7 @@ def test_quantization_aware_whisper_base_encoder_then_decoder(fixture_manifest, 
     """Real whisper-base, real speech, at a 10-s window: the whole encoder (convolutions included) trained
     3-bit by regression on four clips is closer to the teacher's encoder output on the two unseen clips than
     the same plan's post-training codes; the decoder then trains on it from the file's codes, which stay."""
-    from contextlib import ExitStack
-
-    from whisper_kdq.data.manifest import load_dataset
-    from whisper_kdq.distill.data import FeatureMemo
-    from whisper_kdq.distill.encoder import EncoderCut, encoder_plan, frame_distance
-    from whisper_kdq.evaluate.window import audio_window
+    from whisper_kdq.distill.encoder import EncoderCut, encoder_plan
     from whisper_kdq.quant.checkpoint import quantized_copy
     from whisper_kdq.quant.plan import plan_from_options
 
@@ -202,19 +200,12 @@ def test_quantization_aware_whisper_base_encoder_then_decoder(fixture_manifest, 
     trained = load_model(encoder_file).model
     cut = EncoderCut(0, list(range(6))).resolve(6)
     post_training = quantized_copy(teacher.model, encoder_plan(plan_from_options(bits=3), cut))
-    unseen = load_dataset(fixture_manifest).utterances[4:]
-    feats, frames = FeatureMemo(teacher.processor, window_s=10)(unseen)
-    with torch.no_grad(), ExitStack() as stack:
-        for model in (teacher.model, trained, post_training):
-            stack.enter_context(audio_window(model, 10))
-        target = teacher.model.model.encoder(feats).last_hidden_state
-        before = float(frame_distance(post_training.model.encoder(feats).last_hidden_state, target, frames))
-        after = float(frame_distance(trained.model.encoder(feats).last_hidden_state, target, frames))
+    (before, after), _ = _distances_to_teacher(teacher, [post_training, trained], 10)
     assert after < 0.8 * before, (before, after)
     result = runner.invoke(app, ["distill", *common, "--student", encoder_file, "--freeze-encoder", "--steps", "2",
                                  "--qat-init", "packed", "--out", str(tmp_path / "dec")])
     assert result.exit_code == 0, result.output
-    codes, after_decoder = _codes(encoder_file), _codes(json.loads(result.stdout)["model"])
+    codes, after_decoder = packed_codes(encoder_file), packed_codes(json.loads(result.stdout)["model"])
     assert any(n.startswith("model.decoder.") for n in after_decoder)
     for name, q in codes.items():
         assert torch.equal(after_decoder[name].codes, q.codes) and torch.equal(after_decoder[name].scales, q.scales)
