@@ -265,8 +265,16 @@ def test_quantize_flag_errors_are_one_line(tiny_model_dir, fixture_manifest, tmp
     assert result.exit_code == 2 and "--scheme needs --quantize BITS" in result.output
     result = runner.invoke(app, [*args, "--act-bits", "8"])
     assert result.exit_code == 2 and "--act-bits needs --quantize BITS" in result.output
+    result = runner.invoke(app, [*args, "--full-range"])
+    assert result.exit_code == 2 and "--full-range needs --quantize BITS" in result.output
     plan = tmp_path / "plan.json"
     plan.write_text("{}")
+    result = runner.invoke(app, [*args, "--plan", str(plan), "--full-range"])
+    assert result.exit_code == 2 and "with --plan use --override" in result.output
+    from whisper_kdq.cli.distill import _plan_from_flags
+
+    flags = _plan_from_flags(None, 2, "uniform", None, {"encoder": 3, "decoder": None, "embedding": None}, [], None, True)
+    assert flags["default"]["full_range"] is True and flags["rules"][-1] == {"pattern": r"^model\.encoder\.layers\.", "bits": 3}
     result = runner.invoke(app, [*args, "--quantize", "4", "--plan", str(plan)])
     assert result.exit_code == 2 and "give one" in result.output
     result = runner.invoke(app, [*args, "--quantize", "9"])

@@ -128,6 +128,51 @@ def test_gptq_user_errors(tiny_model_dir, tmp_path, fixture_manifest, args, mess
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_full_range_flag_writes_the_q4_0_grid_at_the_same_size(tiny_model_dir, tmp_path):
+    args = ["quantize", "--model", str(tiny_model_dir), "--bits", "3", "--json"]
+    full = runner.invoke(app, [*args, "--out", str(tmp_path / "f.safetensors"), "--full-range"])
+    restricted = runner.invoke(app, [*args, "--out", str(tmp_path / "r.safetensors")])
+    assert full.exit_code == 0 and restricted.exit_code == 0, full.output + restricted.output
+    f, r = json.loads(full.stdout), json.loads(restricted.stdout)
+    assert abs(f["file_bytes"] - r["file_bytes"]) < 200  # the same codes and scales; only the header differs
+    fc1 = "model.encoder.layers.0.fc1.weight"
+    assert f["tensors"][fc1]["spec"]["full_range"] is True and r["tensors"][fc1]["spec"]["full_range"] is False
+    assert load_model(str(tmp_path / "f.safetensors")).info["tensors"][fc1]["full_range"] is True
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "a.safetensors"), "--full-range", "--asymmetric"])
+    assert bad.exit_code == 2 and "full_range applies to symmetric uniform" in bad.output
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+@pytest.mark.integration
+def test_full_range_grid_keeps_real_whisper_base_closer_to_itself_on_real_speech(fixture_manifest, tmp_path):
+    """3-bit groups of 128 on every matrix of real whisper-base, restricted (7 levels) vs full range (8 levels,
+    same bytes): teacher-forced on the real clips' references, the full-range model's next-token
+    distributions are closer to the float model's."""
+    from whisper_kdq.data.manifest import load_dataset
+
+    base = load_model("base")
+    clips = load_dataset(fixture_manifest).utterances
+    features = base.processor.feature_extractor([u.load() for u in clips], sampling_rate=16000,
+                                                return_tensors="pt").input_features
+    tok = base.processor.tokenizer
+    kl = {}
+    for name, flags in (("restricted", []), ("full", ["--full-range"])):
+        out = tmp_path / f"{name}.safetensors"
+        result = runner.invoke(app, ["quantize", "--model", "base", "--bits", "3", "--out", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        model = load_model(str(out)).model
+        total = 0.0
+        for i, u in enumerate(clips):
+            tok.set_prefix_tokens(language=u.language, task="transcribe")
+            ids = torch.tensor([tok(u.text).input_ids])
+            with torch.no_grad():
+                ref = base.model(input_features=features[i:i + 1], decoder_input_ids=ids).logits.log_softmax(-1)
+                got = model(input_features=features[i:i + 1], decoder_input_ids=ids).logits.log_softmax(-1)
+            total += (ref.exp() * (ref - got)).sum(-1).mean().item()
+        kl[name] = total / len(clips)
+    assert kl["full"] < 0.9 * kl["restricted"], kl
+
+
 @pytest.mark.integration
 def test_gptq_on_real_whisper_base_lowers_the_output_error_on_other_speech(fixture_manifest):
     """Hessians of real whisper-base layers from three real clips; the error is measured on the other three."""

@@ -29,6 +29,11 @@ def test_plan_feeds_quantize_and_predicts_its_size(tiny_model_dir, fixture_manif
     again = runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
                                 "--out", str(plan)])
     assert again.exit_code == 2 and "--force" in again.output
+    full = runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
+                               "--low-fraction", "0.5", "--full-range", "--out", str(plan), "--force", "--device", "cpu"])
+    assert full.exit_code == 0, full.output
+    written = json.loads(plan.read_text())
+    assert written["default"]["full_range"] is True and all(r["full_range"] for r in written["rules"] if "bits" in r)
 
 
 def test_bad_options_are_one_line_errors(tiny_model_dir, fixture_manifest):

@@ -82,3 +82,15 @@ def test_int8_ct2_export_of_a_4_bit_checkpoint_is_allowed_and_called_lossy(tiny_
     info = json.loads(result.stdout)
     assert info["precision"] == "int8" and "lossy" in info["reason"] and info["max_logit_diff"] > 0
     assert info["size_bytes"] < auto.size_bytes * 0.7  # int8 codes against float16 weights
+
+
+def test_full_range_8_bit_codes_are_not_ctranslate2_int8(tiny_model_dir, tmp_path):
+    """CTranslate2 int8 is the restricted grid: a full-range 8-bit file cannot map onto it code for code."""
+    from whisper_kdq.export import ct2_precision
+
+    for flags, precision in (([], "int8"), (["--full-range"], "float16")):
+        packed = tmp_path / f"q8{len(flags)}.safetensors"
+        result = runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--bits", "8",
+                                     "--out", str(packed), *flags])
+        assert result.exit_code == 0, result.output
+        assert ct2_precision(load_model(str(packed)))[0] == precision

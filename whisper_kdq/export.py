@@ -113,7 +113,7 @@ def ct2_precision(loaded: LoadedModel) -> tuple[str, str]:
         return "float16", "source is not quantized"
     for name, spec in tensors.items():
         exact = (spec.get("scheme") == "uniform" and spec.get("bits") == 8 and spec.get("symmetric", True)
-                 and spec.get("granularity") == "per-channel")
+                 and spec.get("granularity") == "per-channel" and not spec.get("full_range"))
         if not exact:
             return "float16", f"{name} is {spec.get('scheme')} {spec.get('bits')}-bit {spec.get('granularity')}, " \
                               "which CTranslate2's per-row int8 cannot represent exactly"

@@ -20,6 +20,7 @@ PLANS = {
     "u3g32-mixed": dict(bits=3, group_size=32, component_bits={"encoder": 5}, overrides=["fc1=float", "q_proj=apot6t"],
                         clip="max"),
     "u2t-asym": dict(bits=2, granularity="per-tensor", symmetric=False, clip="max"),
+    "u2g32-full": dict(bits=2, group_size=32, full_range=True, overrides=["fc1=uniform3g32s"]),
 }
 
 
@@ -46,7 +47,7 @@ def test_save_load_matches_memory_and_prediction(tmp_path, model, name):
     assert torch.equal(_logits(loaded.model), _logits(quantized_copy(model, plan)))
     assert loaded.model.proj_out.weight.data_ptr() == loaded.model.model.decoder.embed_tokens.weight.data_ptr()
     spec = loaded.info["tensors"]["model.decoder.layers.0.self_attn.k_proj.weight"]
-    assert set(spec) == {"scheme", "bits", "symmetric", "granularity", "group_size"}
+    assert set(spec) == {"scheme", "bits", "symmetric", "granularity", "group_size", "full_range"}
     assert loaded.processor.tokenizer.convert_tokens_to_ids("<|ja|>") == 50266
 
 

@@ -100,3 +100,27 @@ def test_qat_started_from_gptq_codes_is_the_gptq_checkpoint_until_it_trains(tmp_
     assert (from_rtn - packed).abs().max() > 1e-2 * packed.abs().max()  # the start really is another one
     fc1 = qat_modules(prepare_qat(tiny_model(), plan, init=init))["model.encoder.layers.0.fc1.weight"]
     assert torch.equal(fc1.scale.detach().half(), init["model.encoder.layers.0.fc1.weight"].scales)
+
+
+def test_full_range_qat_trains_signed_scales_and_packs_to_the_same_logits(tmp_path):
+    """The full-range grid's scales are signed: LSQ must move them without flipping the grid, and the
+    packed file (code 0 used, negative fp16 scales) must decode to the fake-quant forward."""
+    plan = plan_from_options(bits=2, group_size=32, full_range=True)
+    model = prepare_qat(tiny_model(), plan)
+    fc1 = qat_modules(model)["model.encoder.layers.0.fc1.weight"]
+    signs = fc1.scale.detach().sign()
+    assert (signs < 0).any() and (signs > 0).any()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        _logits(model).logsumexp(-1).mean().backward()
+        optimizer.step()
+    assert fc1.scale.grad.abs().sum() > 0 and torch.equal(fc1.scale.detach().sign(), signs)
+    with torch.no_grad():
+        fake = _logits(model)
+    convert_to_packed(model, tiny_processor_obj(), plan, tmp_path / "full.safetensors")
+    loaded = load_model(str(tmp_path / "full.safetensors"))
+    assert loaded.info["tensors"]["model.encoder.layers.0.fc1.weight"]["full_range"] is True
+    with torch.no_grad():
+        packed = _logits(loaded.model)
+    assert (packed - fake).abs().max() <= 1e-4 * fake.abs().max()

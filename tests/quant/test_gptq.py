@@ -10,7 +10,7 @@ from whisper_kdq.quant.schemes import QuantSpec, choose_params, dequantize, quan
 
 SPECS = [QuantSpec("uniform", 3, "group", 32), QuantSpec("uniform", 4, "per-channel"),
          QuantSpec("uniform", 3, "group", 48, symmetric=False), QuantSpec("apot", 3, "group", 32),
-         QuantSpec("uniform", 2, "per-tensor")]
+         QuantSpec("uniform", 2, "per-tensor"), QuantSpec("uniform", 2, "group", 32, full_range=True)]
 
 
 def correlated_inputs(n: int = 2000, cols: int = 96, seed: int = 0) -> torch.Tensor:

@@ -35,6 +35,22 @@ def test_overrides_last_match_wins(state):
     assert specs["model.decoder.layers.0.self_attn.k_proj.weight"].short == "uniform6cs"
 
 
+def test_rules_on_a_full_range_default_keep_it_unless_they_change_the_grid(tmp_path, state):
+    plan = plan_from_options(bits=3, full_range=True, overrides=["fc1=2", "k_proj=uniform4g64s", "v_proj=apot3c",
+                                                                 "q_proj=uniform3ca"])
+    specs = plan.resolve(state)
+    assert specs["model.encoder.layers.0.fc2.weight"].short == "uniform3g128f"
+    assert specs["model.encoder.layers.0.fc1.weight"].short == "uniform2g128f"  # bits only: still full range
+    assert specs["model.decoder.layers.0.self_attn.k_proj.weight"].short == "uniform4g64s"
+    assert specs["model.decoder.layers.0.self_attn.v_proj.weight"].short == "apot3ca"
+    assert specs["model.decoder.layers.0.self_attn.q_proj.weight"].short == "uniform3ca"
+    (tmp_path / "p.json").write_text(json.dumps({"default": {"bits": 2, "group_size": 64, "full_range": True},
+                                                 "rules": [{"pattern": "fc2", "symmetric": False}]}))
+    specs = load_plan(tmp_path / "p.json").resolve(state)
+    assert specs["model.encoder.layers.0.fc1.weight"].short == "uniform2g64f"
+    assert specs["model.encoder.layers.0.fc2.weight"].short == "uniform2g64a"
+
+
 @pytest.mark.parametrize("override, match", [("fc1=9", "bits must be"), ("(=4", "bad regex"), ("fc1", "REGEX=BITS"),
                                              ("fc1=int4", "bad quantization spec")])
 def test_bad_overrides(override, match):
@@ -57,6 +73,7 @@ def test_plan_file_round_trip(tmp_path, state):
     ({"rules": [{"pattern": "fc1"}]}, r"rules\[0\]: give at least one"),
     ({"version": 7}, r"\.version: unsupported"),
     ({"clip": "best"}, r"\.clip: expected"),
+    ({"default": {"bits": 3, "full_range": 1}}, r"default\.full_range: expected true or false"),
 ])
 def test_plan_json_errors_name_the_field(tmp_path, doc, match):
     path = tmp_path / "plan.json"

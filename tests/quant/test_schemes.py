@@ -14,7 +14,7 @@ SPECS = [f"{s}{b}{g}" for s in ("uniform", "apot") for b in range(2, 9) for g in
 
 
 @settings(max_examples=40, deadline=None)
-@given(spec=st.sampled_from(SPECS + ["uniform4g32a", "uniform3ca", "apot4cs"]), rows=st.integers(1, 6),
+@given(spec=st.sampled_from(SPECS + ["uniform4g32a", "uniform3ca", "apot4cs", "uniform2g32f", "uniform3cf", "uniform8tf"]), rows=st.integers(1, 6),
        cols=st.integers(1, 70), seed=st.integers(0, 1000))
 def test_quantize_is_deterministic_and_decodes_from_the_table(spec, rows, cols, seed):
     spec = parse_spec(spec)
@@ -73,6 +73,31 @@ def test_parse_spec_round_trips_short_names():
         assert parse_spec(spec.short) == spec
     with pytest.raises(UserError, match="bad quantization spec"):
         parse_spec("int4")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_full_range_uses_every_code_and_beats_the_restricted_grid_at_no_cost(bits):
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(2))
+    full, restricted = QuantSpec("uniform", bits, "group", 128, full_range=True), QuantSpec("uniform", bits, "group", 128)
+    qf, qr = quantize(w, full), quantize(w, restricted)
+    assert set(qf.codes.unique().tolist()) == set(range(2 ** bits)) and 0 not in qr.codes.unique().tolist()
+    assert (qf.scales < 0).any() and (qf.scales > 0).any()  # the sign orients each group's grid
+    assert qf.scales.numel() == qr.scales.numel() and qf.offsets is None
+    err = {k: ((dequantize(q) - w) ** 2).mean().item() for k, q in (("full", qf), ("restricted", qr))}
+    assert err["full"] < 0.9 * err["restricted"], err
+    # Without clipping, each group's largest magnitude sits on the extra level -2**(b-1) exactly.
+    q = quantize(w, full, clip="max")
+    groups = w.reshape(-1, 128)
+    top = groups.gather(1, groups.abs().argmax(1, keepdim=True))[:, 0]
+    assert torch.allclose(-(2 ** (bits - 1)) * q.scales.float(), top, rtol=1e-3)
+
+
+def test_full_range_is_for_symmetric_uniform_only():
+    assert parse_spec("uniform2g128f") == QuantSpec("uniform", 2, "group", 128, True, True)
+    assert parse_spec("uniform2g128f").short == "uniform2g128f"
+    for bad in (dict(scheme="apot"), dict(symmetric=False)):
+        with pytest.raises(UserError, match="full_range applies to symmetric uniform"):
+            QuantSpec(**{"bits": 3, "full_range": True, **bad})
 
 
 @pytest.mark.parametrize("scheme", ["uniform", "apot"])

@@ -44,6 +44,7 @@ def distill(
     quantize_bits: Optional[int] = typer.Option(None, "--quantize", help="Train quantization-aware at BITS (2-8) without a plan file; the flags below as in `quantize`."),
     scheme: str = typer.Option("uniform", help="With --quantize: uniform or apot."),
     group_size: Optional[str] = typer.Option(None, help="With --quantize: N, 'channel' or 'tensor' (default: channel at 8 bits, 128 below)."),
+    full_range: bool = typer.Option(False, "--full-range", help="With --quantize: uniform symmetric on all 2**bits codes, signed scales (q4_0's grid)."),
     encoder_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for encoder layers (0 = float)."),
     decoder_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for decoder layers (0 = float)."),
     embedding_bits: Optional[int] = typer.Option(None, help="With --quantize or --plan: bits for the token embedding (0 = float)."),
@@ -90,7 +91,7 @@ def distill(
                       window_s=window)
     plan_dict = _plan_from_flags(plan, quantize_bits, scheme, group_size,
                                  {"encoder": encoder_bits, "decoder": decoder_bits, "embedding": embedding_bits}, override,
-                                 act_bits)
+                                 act_bits, full_range)
     if qat_init not in ("rtn", "gptq", "packed"):
         raise UserError(f"unknown --qat-init {qat_init!r}: use rtn, gptq or packed")
     if qat_init != "rtn" and plan_dict is None:
@@ -144,7 +145,8 @@ def _datasets(data, split, limit, eval_data, eval_split, eval_limit):
 
 
 def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, group_size: Optional[str],
-                     component_bits: dict, overrides: List[str], act_bits: Optional[int] = None) -> Optional[dict]:
+                     component_bits: dict, overrides: List[str], act_bits: Optional[int] = None,
+                     full_range: bool = False) -> Optional[dict]:
     """The quantization plan (as its JSON) of `--plan FILE` and/or `--quantize BITS` and their flags; None: float
     training. The flags describe a plan exactly as `whisper-kdq quantize` reads them; with `--plan` the component
     bits and overrides add rules after the file's (e.g. `--plan sel.json --override 'fc2=float'`)."""
@@ -154,6 +156,7 @@ def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, gro
         raise UserError("--quantize and --plan both describe the quantization: give one (flags add rules to --plan)")
     if bits is None and plan is None:
         stray = [flag for flag, given in (("--scheme", scheme != "uniform"), ("--group-size", group_size is not None),
+                                          ("--full-range", full_range),
                                           ("--encoder-bits", component_bits["encoder"] is not None),
                                           ("--decoder-bits", component_bits["decoder"] is not None),
                                           ("--embedding-bits", component_bits["embedding"] is not None),
@@ -164,8 +167,8 @@ def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, gro
         return None
     if plan is not None:
         base = load_plan(plan)  # validates, naming the field
-        if scheme != "uniform" or group_size is not None:
-            raise UserError("--scheme and --group-size apply to --quantize; with --plan use --override REGEX=SPEC")
+        if scheme != "uniform" or group_size is not None or full_range:
+            raise UserError("--scheme, --group-size and --full-range apply to --quantize; with --plan use --override REGEX=SPEC")
         data = json.loads(plan.read_text(encoding="utf-8"))
         if not any(b is not None for b in component_bits.values()) and not overrides and act_bits is None:
             return data  # as written, selection included
@@ -174,7 +177,8 @@ def _plan_from_flags(plan: Optional[Path], bits: Optional[int], scheme: str, gro
         return {**data, **merged}  # keeps the file's `selection` (layers to distil) beside the new rules
     size, granularity = parse_group_size(group_size)
     return plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
-                             component_bits=component_bits, overrides=overrides, activation_bits=act_bits).as_dict()
+                             component_bits=component_bits, overrides=overrides, activation_bits=act_bits,
+                             full_range=full_range).as_dict()
 
 
 @contextmanager

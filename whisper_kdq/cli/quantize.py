@@ -21,6 +21,7 @@ def quantize(
     scheme: str = typer.Option("uniform", help="uniform or apot."),
     group_size: Optional[str] = typer.Option(None, help="N, 'channel' or 'tensor' (default: channel at 8 bits, 128 below)."),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="Store an offset per group (APoT always stores its mean)."),
+    full_range: bool = typer.Option(False, "--full-range", help="Uniform symmetric on all 2**bits codes with a signed scale (q4_0's grid; no extra bytes)."),
     encoder_bits: Optional[int] = typer.Option(None, help="Bits for encoder layers (0 = keep float)."),
     decoder_bits: Optional[int] = typer.Option(None, help="Bits for decoder layers (0 = keep float)."),
     embedding_bits: Optional[int] = typer.Option(None, help="Bits for the token embedding / output projection (0 = float)."),
@@ -63,7 +64,8 @@ def quantize(
     the_plan = plan_from_options(bits=bits, scheme=scheme, group_size=size, granularity=granularity,
                                  symmetric=False if asymmetric else None, component_bits=components,
                                  overrides=override, clip=clip if clip or calibration is None else "output",
-                                 base=load_plan(plan) if plan is not None else None, activation_bits=act_bits)
+                                 base=load_plan(plan) if plan is not None else None, activation_bits=act_bits,
+                                 full_range=full_range)
     loaded = load_model(model, device=resolve_device(device))
     state = loaded.model.state_dict()
     specs = the_plan.resolve(state)
@@ -122,7 +124,7 @@ def _report(summary: dict, specs: dict, verb: str, out: Optional[Path], as_json:
         spec = row["spec"]
         what = "float32" if spec is None else f"{spec['scheme']} {spec['bits']}-bit " + (
             f"group {spec['group_size']}" if spec["granularity"] == "group" else spec["granularity"]) + (
-            "" if spec["symmetric"] else " +offset")
+            " full-range" if spec.get("full_range") else "" if spec["symmetric"] else " +offset")
         table.add_row(name, "x".join(map(str, row["shape"])), what, f"{row['bytes']:,}")
     console.print(table)
     quantized = sum(1 for s in specs.values() if s is not None)

@@ -28,6 +28,7 @@ def select_layers_cmd(
     low_bits: int = typer.Option(3, help="Bits of the layers selected for low precision."),
     high_bits: int = typer.Option(4, help="Bits of the other layers (0 = keep them float)."),
     group_size: int = typer.Option(128, help="Group size of both (0 = per output channel)."),
+    full_range: bool = typer.Option(False, "--full-range", help="Uniform symmetric on all 2**bits codes, signed scales (q4_0's grid)."),
     target_mb: Optional[float] = typer.Option(None, help="Target packed file size in MB (10^6 bytes)."),
     target_ratio: Optional[float] = typer.Option(None, help="Target size as a ratio vs the fp32 model (or --ratio-of)."),
     ratio_of: Optional[str] = typer.Option(None, help="Model whose fp32 size --target-ratio refers to (default --teacher, else --model)."),
@@ -55,6 +56,8 @@ def select_layers_cmd(
     if sum(x is not None for x in (target_mb, target_ratio, target_bpw)) > 1:
         raise UserError("give at most one of --target-mb, --target-ratio, --target-bpw")
     gran = dict(granularity="group", group_size=group_size) if group_size else dict(granularity="per-channel")
+    if full_range:
+        gran["full_range"] = True
     low = QuantSpec(scheme, low_bits, **gran)
     high = QuantSpec(scheme, high_bits, **gran) if high_bits else None
     if high is not None and high.bits <= low.bits:

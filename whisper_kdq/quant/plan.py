@@ -34,7 +34,7 @@ COMPONENTS = {
 # Positional tables are kept float unless a later rule says otherwise (whisper.cpp does the same;
 # they are position-wise lookups, not matrix products, and small).
 BUILTIN_FLOAT = r"\.embed_positions\.weight$"
-_FIELDS = ("scheme", "bits", "granularity", "group_size", "symmetric")
+_FIELDS = ("scheme", "bits", "granularity", "group_size", "symmetric", "full_range")
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ class Plan:
                 if rule.float_:
                     spec = None
                 else:
-                    spec = spec_from_fields({**(spec or self.default or QuantSpec()).as_dict(), **_gran(rule.fields)},
-                                            rule.source)
+                    spec = spec_from_fields(_merged(spec or self.default or QuantSpec(), rule.fields), rule.source)
             out[name] = spec
         return out
 
@@ -97,6 +96,14 @@ class Plan:
 
 def candidate_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     return [n for n, t in state.items() if n.endswith(".weight") and t.dim() >= 2 and n != "proj_out.weight"]
+
+
+def _merged(spec: QuantSpec, fields: dict) -> dict:
+    """A rule's partial fields over the spec a tensor had so far."""
+    out = {**spec.as_dict(), **_gran(fields)}
+    if "full_range" not in fields and not (out["scheme"] == "uniform" and out["symmetric"] is not False):
+        out["full_range"] = False  # a rule asking for offsets or APoT leaves the full range
+    return out
 
 
 def _gran(fields: dict) -> dict:
@@ -119,7 +126,7 @@ def spec_from_fields(fields: dict, where: str = "plan") -> QuantSpec:
         raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}: use {', '.join(_FIELDS)}, spec or float")
     checks = {"scheme": (str, f"one of {', '.join(SCHEMES)}"), "bits": (int, "an integer 2-8"),
               "granularity": (str, f"one of {', '.join(GRANULARITIES)}"), "group_size": ((int, type(None)), "an integer or null"),
-              "symmetric": ((bool, type(None)), "true or false")}
+              "symmetric": ((bool, type(None)), "true or false"), "full_range": (bool, "true or false")}
     for key, value in fields.items():
         kind, what = checks[key]
         if not isinstance(value, kind) or (key == "bits" and isinstance(value, bool)):
@@ -175,7 +182,7 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
             continue
         if not rest:
             raise UserError(f"{at}: give at least one of {', '.join(_FIELDS)}, spec, or float: true")
-        spec_from_fields({**(spec or QuantSpec()).as_dict(), **rest}, at)  # validate now, name the field
+        spec_from_fields(_merged(spec or QuantSpec(), rest), at)  # validate now, name the field
         rules.append(Rule(item["pattern"], rest, False, at))
     return Plan(spec, rules, clip, _activation_bits(data.get("activations"), f"{where}.activations"))
 
@@ -208,7 +215,7 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
                       granularity: str | None = None, symmetric: bool | None = None,
                       component_bits: dict[str, int | None] | None = None,
                       overrides: list[str] | None = None, clip: str | None = None, base: Plan | None = None,
-                      activation_bits: int | None = None) -> Plan:
+                      activation_bits: int | None = None, full_range: bool = False) -> Plan:
     """The plan the CLI flags describe. Without a group size, 8 bits are per-channel (CTranslate2's
     int8 layout) and fewer bits use groups of 128 (per-channel 4-bit collapses whisper-base)."""
     clip = clip or (base.clip if base is not None else "mse")
@@ -219,7 +226,7 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
     if granularity == "group" and not group_size:
         group_size = 128
     default = spec_from_fields({"scheme": scheme, "bits": bits, "granularity": granularity,
-                                "group_size": group_size, "symmetric": symmetric}, "options")
+                                "group_size": group_size, "symmetric": symmetric, "full_range": full_range}, "options")
     plan = Plan(default, [], clip) if base is None else replace(base, rules=list(base.rules), clip=clip)
     # The conv front-end is 0.3 % of whisper-base and feeds everything: 8 bits unless told otherwise.
     # (A flag left unset arrives as None: it must not erase that default.)

@@ -28,13 +28,17 @@ CLIP_RATIOS = tuple(1.0 - 0.03 * i for i in range(17))  # 1.0 ... 0.52: clipping
 @dataclass(frozen=True)
 class QuantSpec:
     """How one tensor is quantized. `symmetric=None` picks the scheme's default (uniform: True;
-    APoT: False, i.e. the group mean is stored as an offset: the paper's weight normalisation)."""
+    APoT: False, i.e. the group mean is stored as an offset: the paper's weight normalisation).
+    `full_range` (uniform symmetric only): use all 2**bits codes, -2**(b-1) … 2**(b-1)-1, with a signed
+    scale that puts the group's largest magnitude on the extra level (llama.cpp's q4_0 grid): at 2 bits
+    four levels instead of three, at no storage cost."""
 
     scheme: str = "uniform"
     bits: int = 8
     granularity: str = "per-channel"
     group_size: int | None = None
     symmetric: bool | None = None
+    full_range: bool = False
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -50,32 +54,36 @@ class QuantSpec:
             object.__setattr__(self, "group_size", None)
         if self.symmetric is None:
             object.__setattr__(self, "symmetric", self.scheme == "uniform")
+        if self.full_range and not (self.scheme == "uniform" and self.symmetric):
+            raise UserError("full_range applies to symmetric uniform quantization only")
 
     @property
     def short(self) -> str:
-        """Compact name, e.g. `uniform4g128s`, `apot3ca`, `uniform8ts` (t tensor, c channel; s/a symmetric or not)."""
+        """Compact name, e.g. `uniform4g128s`, `apot3ca`, `uniform8ts` (t tensor, c channel; s/a symmetric or
+        not; f symmetric full-range)."""
         gran = {"per-tensor": "t", "per-channel": "c"}.get(self.granularity, f"g{self.group_size}")
-        return f"{self.scheme}{self.bits}{gran}{'s' if self.symmetric else 'a'}"
+        return f"{self.scheme}{self.bits}{gran}{'f' if self.full_range else 's' if self.symmetric else 'a'}"
 
     def as_dict(self) -> dict:
+        # full_range always written, so that a rule's spec merged onto a full-range default resets it.
         return {"scheme": self.scheme, "bits": self.bits, "symmetric": self.symmetric,
-                "granularity": self.granularity, "group_size": self.group_size}
+                "granularity": self.granularity, "group_size": self.group_size, "full_range": self.full_range}
 
 
-_SHORT = re.compile(r"^(uniform|apot)([0-9]+)(t|c|g[0-9]+)?([sa])?$")
+_SHORT = re.compile(r"^(uniform|apot)([0-9]+)(t|c|g[0-9]+)?([saf])?$")
 
 
 def parse_spec(text: str) -> QuantSpec:
-    """Parse the short form (`uniform4g128`, `apot3c`, `uniform8t`, optional `s`/`a` suffix)."""
+    """Parse the short form (`uniform4g128`, `apot3c`, `uniform8t`, optional `s`/`a`/`f` suffix)."""
     m = _SHORT.match(text.strip().lower())
     if not m:
         raise UserError(f"bad quantization spec {text!r}: expected e.g. uniform4g128, apot3c, uniform8t "
-                        "(scheme, bits, t=per-tensor / c=per-channel / gN=groups of N, optional s/a)")
+                        "(scheme, bits, t=per-tensor / c=per-channel / gN=groups of N, optional s/a/f)")
     scheme, bits, gran, sym = m.groups()
     gran = gran or "c"
     granularity = {"t": "per-tensor", "c": "per-channel"}.get(gran, "group")
     group = int(gran[1:]) if granularity == "group" else None
-    return QuantSpec(scheme, int(bits), granularity, group, None if sym is None else sym == "s")
+    return QuantSpec(scheme, int(bits), granularity, group, None if sym is None else sym in "sf", sym == "f")
 
 
 @dataclass
@@ -181,15 +189,16 @@ class Quantizer(ABC):
 
 def _fp16_scale(scale: torch.Tensor) -> torch.Tensor:
     """Round to fp16 as stored; a scale that underflows to 0 (an all-zero group) becomes 1, which
-    still encodes that group's zeros exactly instead of dividing by zero."""
+    still encodes that group's zeros exactly instead of dividing by zero. Full-range scales are signed."""
     s = scale.half().float()
-    return torch.where(s > 0, s, torch.ones_like(s))
+    return torch.where(s != 0, s, torch.ones_like(s))
 
 
 class UniformQuantizer(Quantizer):
     """Round-to-nearest on an integer grid. Symmetric: codes 1..2**bits-1 mean -q..q with
-    q = 2**(bits-1)-1 (code 0 unused: a restricted range, as in CTranslate2 int8). Asymmetric:
-    codes 0..2**bits-1, offset = the group's clipped minimum."""
+    q = 2**(bits-1)-1 (code 0 unused: a restricted range, as in CTranslate2 int8); full range: codes
+    0..2**bits-1 mean -2**(b-1)..q, and the scale's sign orients the grid. Asymmetric: codes 0..2**bits-1,
+    offset = the group's clipped minimum."""
 
     def table(self) -> torch.Tensor:
         return _uniform_table(self.spec.bits, self.spec.symmetric)
@@ -200,11 +209,15 @@ class UniformQuantizer(Quantizer):
         y = torch.nan_to_num(x if offset is None else x - offset[:, None]) / scale[:, None]
         if self.spec.symmetric:
             q = 2 ** (bits - 1) - 1
-            return torch.round(y).clamp(-q, q).long() + 2 ** (bits - 1)
+            return torch.round(y).clamp(-q - int(self.spec.full_range), q).long() + 2 ** (bits - 1)
         return torch.round(y).clamp(0, 2 ** bits - 1).long()
 
     def range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         bits = self.spec.bits
+        if self.spec.full_range:  # the largest magnitude lands on level -2**(b-1): scale = -that weight / 2**(b-1)
+            filled = torch.nan_to_num(x, nan=0.0)
+            top = filled.gather(1, filled.abs().argmax(dim=1, keepdim=True))[:, 0]
+            return -top / 2 ** (bits - 1), None
         if self.spec.symmetric:
             amax = torch.nan_to_num(x.abs(), nan=0.0).amax(dim=1)
             return amax / (2 ** (bits - 1) - 1), None
@@ -286,7 +299,7 @@ def _sorted_levels(spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct usable levels ascending, and the code of each (restricted range: no -2**(b-1))."""
     table = quantizer_for(spec).table()
     usable = torch.arange(len(table))
-    if spec.scheme == "uniform" and spec.symmetric:
+    if spec.scheme == "uniform" and spec.symmetric and not spec.full_range:
         usable = usable[1:]
     values, first = {}, []
     for code in usable.tolist():
