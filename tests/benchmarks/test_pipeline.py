@@ -48,3 +48,20 @@ def test_regressed_encoder_row_trains_the_decoder_on_the_encoder_file(tmp_path):
     assert decoder[decoder.index("--student") + 1] == "m" and "--student-decoder-layers" not in decoder
     assert decoder.count("--qat-init") == 1 and decoder[decoder.index("--qat-init") + 1] == "packed"
     assert row == {"model": "m"} and wall == 2.0
+
+
+def test_full_range_copy_of_a_plan_puts_every_symmetric_uniform_spec_on_the_full_grid(tmp_path):
+    from whisper_kdq.quant.plan import load_plan
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"default": {"scheme": "uniform", "bits": 3, "symmetric": True, "granularity": "group",
+                                            "group_size": 128},
+                                "rules": [{"pattern": "fc1", "bits": 2}, {"pattern": "fc2", "float": True},
+                                          {"pattern": "k_proj", "scheme": "apot", "bits": 3, "symmetric": False}],
+                                "selection": {"strategy": "guided"}}))
+    full = Path(pipeline.Pipeline._full_range(str(plan)))
+    assert full.name == "plan-full.json" and json.loads(plan.read_text())["default"].get("full_range") is None
+    data = json.loads(full.read_text())
+    assert data["selection"] == {"strategy": "guided"}
+    assert [r.get("full_range") for r in data["rules"]] == [True, None, None]
+    assert load_plan(full).default.full_range is True
