@@ -286,11 +286,16 @@ def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
+def _spec(m: dict) -> QuantSpec:
+    """A tensor's spec as the header's `quantization` entry records it."""
+    return QuantSpec(m["scheme"], m["bits"], m["granularity"], m["group_size"], m["symmetric"],
+                     bool(m.get("full_range", False)))  # absent in files written before it existed
+
+
 def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTensor]:
     out = {}
     for name, m in qmeta.items():
-        spec = QuantSpec(m["scheme"], m["bits"], m["granularity"], m["group_size"], m["symmetric"],
-                         bool(m.get("full_range", False)))  # absent in files written before it existed
+        spec = _spec(m)
         shape = tuple(m["shape"])
         codes = unpack(tensors[f"{name}::codes"], spec.bits, int(np.prod(shape))).reshape(shape)
         out[name] = QTensor(codes, tensors[f"{name}::scales"], tensors.get(f"{name}::offsets"), spec, shape)
@@ -344,8 +349,7 @@ def load_packed(path: Path, device: str = "cpu"):
         quantize_activations(model, activations["layers"], activations["bits"])
     info = {"format_version": int(meta["format_version"]), "bits_per_weight": float(meta["bits_per_weight"]),
             "activation_bits": None if activations is None else activations["bits"],
-            "tensors": {n: {**{k: m[k] for k in ("scheme", "bits", "symmetric", "granularity", "group_size")},
-                            "full_range": bool(m.get("full_range", False))} for n, m in qmeta.items()},
+            "tensors": {n: _spec(m).as_dict() for n, m in qmeta.items()},
             "float_weights": [n for n, t in state.items() if n not in qmeta and n.endswith(".weight")
                               and t.dim() >= 2 and "embed_positions" not in n]}
     return LoadedModel(model, processor, str(path), "packed", path, path.stat().st_size, info)
