@@ -139,11 +139,13 @@ def select_plan(args, want: dict) -> Path:
     float_pos = predict_packed(teacher.model, plan_from_dict({**base, "rules": []}))["file_bytes"]
     pos8 = predict_packed(teacher.model, plan_from_dict({**base, "rules": [POSITIONS_8BIT]}))["file_bytes"]
     target_mb = (FP32_BYTES / want["ratio"] + float_pos - pos8) / 1e6
-    out = args.out / f"plan-guided-linear-{want['low_bits']}{want['high_bits']}-{want['ratio']}x.json"
+    full = want.get("full_range", False)  # select on the full-range grid (QUANTIZATION.md), losses measured on it
+    out = args.out / f"plan-guided-linear-{want['low_bits']}{want['high_bits']}-{want['ratio']}x{'-fullsel' if full else ''}.json"
     cmd = [sys.executable, "-m", "whisper_kdq", "select-layers", "--model", args.teacher, "--teacher", args.teacher,
            "--calibration", str(args.corpus / "dev.jsonl"), "--granularity", "linear",
            "--low-bits", str(want["low_bits"]), "--high-bits", str(want["high_bits"]), "--group-size", "128",
-           "--target-mb", f"{target_mb:.3f}", "--out", str(out), "--device", args.device, "--force", "--json"]
+           "--target-mb", f"{target_mb:.3f}", "--out", str(out), "--device", args.device, "--force", "--json",
+           *(["--full-range"] if full else [])]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     plan = json.loads(out.read_text())
     plan["rules"].append(POSITIONS_8BIT)

@@ -85,6 +85,10 @@ class Studies:
             "encoder QAT by regression then decoder CE 0.3+KD+QAT guided 2/3-bit full range (10.5x; best on dev)":
                 lambda: self._regressed_encoder_qat("teacher-qat-guided-23-10.5x-full",
                                                     self._full_range(self._guided_10x_plan())),
+            # ... and selected on that grid: select-layers measures each matrix's quantization loss on it.
+            "encoder QAT by regression then decoder CE 0.3+KD+QAT guided 2/3-bit selected on full range (10.5x)":
+                lambda: self._regressed_encoder_qat("teacher-qat-guided-23-10.5x-fullsel",
+                                                    self._guided_10x_plan(full_range=True)),
         }
 
     def _regressed_encoder_qat(self, name: str, plan: str) -> tuple[dict, float]:
@@ -105,24 +109,24 @@ class Studies:
                                    "--qat-init", "packed", *dev, student=enc["model"], lr=a.qat_lr)
         return self.evaluate(model), enc["wall_s"] + wall
 
-    def _guided_10x_plan(self) -> str:
+    def _guided_10x_plan(self, full_range: bool = False) -> str:
         """The GPU study's plan (benchmarks/gpu_study.py): guided per weight matrix at 2/3 bits, positions 8-bit,
-        10.5x the fp32 teacher; selected on the dev split unless the file is already in --out."""
-        target = self.out / "plan-guided-linear-23-10.5x.json"
+        10.5x the fp32 teacher, on the restricted or the full-range grid; selected on the dev split unless the
+        file is already in --out."""
+        target = self.out / f"plan-guided-linear-23-10.5x{'-fullsel' if full_range else ''}.json"
         if not target.is_file():
             from gpu_study import select_plan
 
             select_plan(argparse.Namespace(teacher="base", corpus=self.a.corpus, out=self.out, device=self.a.device),
-                        {"ratio": 10.5, "low_bits": 2, "high_bits": 3})
+                        {"ratio": 10.5, "low_bits": 2, "high_bits": 3, "full_range": full_range})
         return str(target)
 
     @staticmethod
     def _full_range(plan: str) -> str:
-        """`plan` with every symmetric uniform spec on the full-range grid, written beside it as `-full.json`."""
+        """`plan` with every symmetric uniform spec on the full-range grid, written beside it as `-full.json`:
+        the default says so, and the rules inherit it unless they ask for offsets or APoT (`plan._merged`)."""
         data = json.loads(Path(plan).read_text())
-        for spec in [data["default"], *data["rules"]]:
-            if spec and not spec.get("float") and spec.get("scheme", "uniform") == "uniform" and spec.get("symmetric", True):
-                spec["full_range"] = True
+        data["default"]["full_range"] = True
         target = Path(plan).with_name(Path(plan).stem + "-full.json")
         target.write_text(json.dumps(data, indent=2) + "\n")
         return str(target)

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -63,5 +65,20 @@ def test_full_range_copy_of_a_plan_puts_every_symmetric_uniform_spec_on_the_full
     assert full.name == "plan-full.json" and json.loads(plan.read_text())["default"].get("full_range") is None
     data = json.loads(full.read_text())
     assert data["selection"] == {"strategy": "guided"}
-    assert [r.get("full_range") for r in data["rules"]] == [True, None, None]
-    assert load_plan(full).default.full_range is True
+    state = {f"m.{n}.weight": torch.zeros(4, 128) for n in ("fc1", "fc2", "k_proj", "v_proj")}
+    specs = load_plan(full).resolve(state)
+    assert specs["m.fc2.weight"] is None and specs["m.k_proj.weight"].full_range is False  # float; APoT leaves it
+    assert (specs["m.fc1.weight"].bits, specs["m.fc1.weight"].full_range) == (2, True)  # a rule with bits keeps it
+    assert (specs["m.v_proj.weight"].bits, specs["m.v_proj.weight"].full_range) == (3, True)
+
+
+def test_the_10x_plan_selected_on_the_full_range_grid_is_its_own_file(tmp_path, monkeypatch):
+    import gpu_study
+
+    p, _ = _pipeline(tmp_path)
+    asked = []
+    monkeypatch.setattr(gpu_study, "select_plan", lambda args, want: asked.append(want))
+    assert p._guided_10x_plan(full_range=True).endswith("plan-guided-linear-23-10.5x-fullsel.json")
+    assert p._guided_10x_plan().endswith("plan-guided-linear-23-10.5x.json")
+    assert [w["full_range"] for w in asked] == [True, False]
+    assert any("selected on full range" in name for name in p.rows())
