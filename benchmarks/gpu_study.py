@@ -127,6 +127,12 @@ def main() -> None:
                 **evaluate(summary["model"])})
 
 
+def plan_path(out: Path, want: dict) -> Path:
+    """Where `select_plan` writes the plan for `want` (ratio, low/high bits, full_range)."""
+    grid = "-fullsel" if want.get("full_range") else ""
+    return out / f"plan-guided-linear-{want['low_bits']}{want['high_bits']}-{want['ratio']}x{grid}.json"
+
+
 def select_plan(args, want: dict) -> Path:
     """`select-layers` (guided, per weight matrix) for the bits left once the positional tables are
     8-bit, then the 8-bit rule added: the plan of size FP32_BYTES / ratio."""
@@ -140,7 +146,7 @@ def select_plan(args, want: dict) -> Path:
     pos8 = predict_packed(teacher.model, plan_from_dict({**base, "rules": [POSITIONS_8BIT]}))["file_bytes"]
     target_mb = (FP32_BYTES / want["ratio"] + float_pos - pos8) / 1e6
     full = want.get("full_range", False)  # select on the full-range grid (QUANTIZATION.md), losses measured on it
-    out = args.out / f"plan-guided-linear-{want['low_bits']}{want['high_bits']}-{want['ratio']}x{'-fullsel' if full else ''}.json"
+    out = plan_path(args.out, want)
     cmd = [sys.executable, "-m", "whisper_kdq", "select-layers", "--model", args.teacher, "--teacher", args.teacher,
            "--calibration", str(args.corpus / "dev.jsonl"), "--granularity", "linear",
            "--low-bits", str(want["low_bits"]), "--high-bits", str(want["high_bits"]), "--group-size", "128",

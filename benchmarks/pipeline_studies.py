@@ -113,12 +113,12 @@ class Studies:
         """The GPU study's plan (benchmarks/gpu_study.py): guided per weight matrix at 2/3 bits, positions 8-bit,
         10.5x the fp32 teacher, on the restricted or the full-range grid; selected on the dev split unless the
         file is already in --out."""
-        target = self.out / f"plan-guided-linear-23-10.5x{'-fullsel' if full_range else ''}.json"
-        if not target.is_file():
-            from gpu_study import select_plan
+        from gpu_study import plan_path, select_plan
 
-            select_plan(argparse.Namespace(teacher="base", corpus=self.a.corpus, out=self.out, device=self.a.device),
-                        {"ratio": 10.5, "low_bits": 2, "high_bits": 3, "full_range": full_range})
+        want = {"ratio": 10.5, "low_bits": 2, "high_bits": 3, "full_range": full_range}
+        target = plan_path(self.out, want)
+        if not target.is_file():
+            select_plan(argparse.Namespace(teacher="base", corpus=self.a.corpus, out=self.out, device=self.a.device), want)
         return str(target)
 
     @staticmethod
