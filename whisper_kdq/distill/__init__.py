@@ -141,12 +141,12 @@ def initial_codes(qat_init: str | None, student: LoadedModel, plan, train: Datas
     if qat_init == "packed":
         from whisper_kdq.errors import UserError
         from whisper_kdq.quant.checkpoint import packed_codes
+        from whisper_kdq.quant.fake import matching_init
 
         if student.kind != "packed":
             raise UserError(f"--qat-init packed starts from the student's packed codes: --student {student.ref} "
                             "is not a packed checkpoint")
-        specs = plan.resolve(student.model.state_dict())
-        return {n: q for n, q in packed_codes(student.path).items() if specs.get(n) == q.spec}
+        return matching_init(packed_codes(student.path), plan, student.model.state_dict())
     return None
 
 

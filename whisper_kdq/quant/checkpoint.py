@@ -24,23 +24,27 @@ from whisper_kdq.errors import CheckpointError
 from whisper_kdq.fileio import atomic_file, check_output
 from whisper_kdq.quant.packing import pack, packed_nbytes, unpack
 from whisper_kdq.quant.plan import Plan
+from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, quantize_split
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, quantize
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed", "quantized_copy"]
 
 FORMAT_NAME = "whisper-kdq-packed"
-FORMAT_VERSION = 2  # the newest this tool reads and writes; version 1 = version 2 without activation quantization
-_VERSIONS = ("1", "2")
+# The newest this tool reads and writes. Version 1: weights only; 2: + quantized activations; 3: + row splits
+# (activations optional). Writers write the lowest version that holds the file, so older readers read it.
+FORMAT_VERSION = 3
+_VERSIONS = ("1", "2", "3")
 TOKENIZER_KEY = "__tokenizer__"
-_DTYPES = {"F32": (torch.float32, np.float32, 4), "F16": (torch.float16, np.float16, 2), "U8": (torch.uint8, np.uint8, 1)}
-_ORDER = {"F32": 0, "F16": 1, "U8": 2}  # widest first, so every tensor starts aligned to its item size
+_DTYPES = {"F32": (torch.float32, np.float32, 4), "I32": (torch.int32, np.int32, 4),
+           "F16": (torch.float16, np.float16, 2), "U8": (torch.uint8, np.uint8, 1)}
+_ORDER = {"F32": 0, "I32": 0, "F16": 1, "U8": 2}  # widest first, so every tensor starts aligned to its item size
 _CHECKSUM_PLACEHOLDER = "sha256:" + "0" * 64
 
 
 @dataclass
 class Entry:
     name: str
-    dtype: str  # safetensors dtype: F32, F16, U8
+    dtype: str  # safetensors dtype: F32, I32, F16, U8
     shape: tuple[int, ...]
     make: Callable[[], torch.Tensor] | None = None  # produces the data (None in a dry run)
 
@@ -71,34 +75,54 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
              dry: bool = False, quantized: dict | None = None) -> tuple[list[Entry], dict, dict[str, str]]:
     state, tied = _unique_state(model)
     specs = {n: s for n, s in plan.resolve(state).items() if s is not None}
+    splits = plan.splits(state)
+    clip = plan.clip if plan.clip != "output" else "mse"
     entries, qmeta = [], {}
     for name, t in state.items():
         spec = specs.get(name)
         if spec is None:
             entries.append(Entry(name, "F32", tuple(t.shape), None if dry else (lambda t=t: t.detach().float().cpu())))
             continue
-        groups, n = n_groups(tuple(t.shape), spec), t.numel()
-        qmeta[name] = {**spec.as_dict(), "shape": list(t.shape), "groups": groups}
-        cache: dict[str, QTensor] = {}
+        split = splits.get(name)
+        # The parts: the tensor (all of it, or its unlisted rows) and, with a row split, the listed rows.
+        parts = [(name, spec, tuple(t.shape))]
+        if split is not None:
+            rest = tuple(t.shape[1:])
+            parts = [(name, spec, (t.shape[0] - len(split.rows), *rest)), (name + ROWS_SUFFIX, split.spec, (len(split.rows), *rest))]
+        qmeta[name] = {**spec.as_dict(), "shape": list(t.shape), "groups": n_groups(parts[0][2], spec)}
+        if split is not None:
+            qmeta[name]["rows"] = {"bits": split.spec.bits, "count": len(split.rows), "groups": n_groups(parts[1][2], split.spec)}
+        cache: dict[str, dict[str, QTensor]] = {}
 
-        def q(name=name, t=t, spec=spec, cache=cache) -> QTensor:
-            if "q" not in cache and name in (quantized or {}):
-                if quantized[name].spec != spec:
-                    raise ValueError(f"{name}: quantized as {quantized[name].spec.short}, the plan says {spec.short}")
-                cache["q"] = quantized[name]
+        def q(name=name, t=t, spec=spec, split=split, parts=parts, cache=cache) -> dict[str, QTensor]:
+            if "q" not in cache and all(p in (quantized or {}) for p, _, _ in parts):
+                for p, pspec, shape in parts:
+                    if quantized[p].spec != pspec or tuple(quantized[p].shape) != shape:
+                        raise ValueError(f"{p}: quantized as {quantized[p].spec.short} {tuple(quantized[p].shape)}, "
+                                         f"the plan says {pspec.short} {shape}")
+                cache["q"] = {p: quantized[p] for p, _, _ in parts}
             if "q" not in cache:
-                scale, offset = (qparams or {}).get(name, (None, None))
-                cache["q"] = quantize(t.detach().float().cpu(), spec, plan.clip if plan.clip != "output" else "mse",
-                                      scale, offset, (column_weights or {}).get(name))
+                w = t.detach().float().cpu()
+                if split is None:
+                    scale, offset = (qparams or {}).get(name, (None, None))
+                    cache["q"] = {name: quantize(w, spec, clip, scale, offset, (column_weights or {}).get(name))}
+                else:
+                    cache["q"] = dict(zip((name, name + ROWS_SUFFIX), quantize_split(
+                        w, spec, split, clip, (qparams or {}).get(name), (qparams or {}).get(name + ROWS_SUFFIX))))
             return cache["q"]
 
-        entries.append(Entry(f"{name}::codes", "U8", (packed_nbytes(n, spec.bits),),
-                             None if dry else (lambda q=q, spec=spec: pack(q().codes, spec.bits))))
-        entries.append(Entry(f"{name}::scales", "F16", (groups,), None if dry else (lambda q=q: q().scales)))
-        if not spec.symmetric:
-            entries.append(Entry(f"{name}::offsets", "F16", (groups,), None if dry else (lambda q=q: q().offsets)))
-        if spec.scheme == "apot":
-            entries.append(Entry(f"{name}::table", "F32", (2 ** spec.bits,), None if dry else (lambda q=q: q().table)))
+        for part, pspec, shape in parts:
+            groups, n = n_groups(shape, pspec), int(np.prod(shape))
+            entries.append(Entry(f"{part}::codes", "U8", (packed_nbytes(n, pspec.bits),),
+                                 None if dry else (lambda q=q, p=part, b=pspec.bits: pack(q()[p].codes, b))))
+            entries.append(Entry(f"{part}::scales", "F16", (groups,), None if dry else (lambda q=q, p=part: q()[p].scales)))
+            if not pspec.symmetric:
+                entries.append(Entry(f"{part}::offsets", "F16", (groups,), None if dry else (lambda q=q, p=part: q()[p].offsets)))
+            if pspec.scheme == "apot":
+                entries.append(Entry(f"{part}::table", "F32", (2 ** pspec.bits,), None if dry else (lambda q=q, p=part: q()[p].table)))
+        if split is not None:
+            entries.append(Entry(name + ROWS_SUFFIX, "I32", (len(split.rows),),
+                                 None if dry else (lambda split=split: torch.tensor(split.rows, dtype=torch.int32))))
     if tokenizer_blob is not None:
         blob = torch.frombuffer(bytearray(tokenizer_blob), dtype=torch.uint8)
         entries.append(Entry(TOKENIZER_KEY, "U8", (len(tokenizer_blob),), lambda: blob))
@@ -129,12 +153,13 @@ def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Ent
               activations: dict | None = None) -> dict[str, str]:
     qbytes = sum(e.nbytes for e in entries if "::" in e.name)
     qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
-    # Version 2 only when activations are quantized: a version-1 reader then refuses the file rather than
-    # run it with float activations; every other file stays readable by version-1 readers.
+    # The lowest version that holds the file: a reader that does not know quantized activations (2) or row
+    # splits (3) then refuses it rather than run it wrong; every other file stays readable by version-1 readers.
     extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
+    version = "3" if any("rows" in m for m in qmeta.values()) else "1" if activations is None else "2"
     return {
         "format": FORMAT_NAME,
-        "format_version": "1" if activations is None else str(FORMAT_VERSION),
+        "format_version": version,
         **extra,
         "config": model.config.to_json_string(use_diff=False),
         "generation_config": model.generation_config.to_json_string(use_diff=False),
@@ -229,13 +254,18 @@ def quantized_copy(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
 
     clone = copy.deepcopy(model)
     state, _ = _unique_state(clone)
-    specs = plan.resolve(state)
+    specs, splits = plan.resolve(state), plan.splits(state)
+    clip = plan.clip if plan.clip != "output" else "mse"
     with torch.no_grad():
         for name, spec in specs.items():
             if spec is not None:
-                t = state[name]
-                q = quantize(t.detach().float().cpu(), spec, plan.clip if plan.clip != "output" else "mse")
-                t.copy_(dequantize(q).to(t.dtype))
+                t, split = state[name], splits.get(name)
+                w = t.detach().float().cpu()
+                if split is None:
+                    deq = dequantize(quantize(w, spec, clip))
+                else:
+                    deq = dequantize_split(*quantize_split(w, spec, split, clip), split)
+                t.copy_(deq.to(t.dtype))
     if plan.activation_bits is not None:
         from whisper_kdq.quant.activations import quantize_planned_activations
 
@@ -268,9 +298,16 @@ def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if meta.get("format_version") not in _VERSIONS:
         raise CheckpointError(f"{path}: unsupported format version {meta.get('format_version')!r}; "
                               f"this whisper-kdq reads versions {', '.join(_VERSIONS)}")
-    if (meta["format_version"] == "2") != ("activations" in meta):
-        raise CheckpointError(f"{path}: damaged header (format version {meta['format_version']} "
-                              f"{'needs' if meta['format_version'] == '2' else 'has no'} activation settings)")
+    version = meta["format_version"]
+    if (version == "2" and "activations" not in meta) or (version == "1" and "activations" in meta):
+        raise CheckpointError(f"{path}: damaged header (format version {version} "
+                              f"{'needs' if version == '2' else 'has no'} activation settings)")
+    try:
+        split = any("rows" in m for m in json.loads(meta["quantization"]).values())
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: damaged header (no readable quantization table)") from None
+    if split and version != "3":
+        raise CheckpointError(f"{path}: damaged header (row splits in a format version {version} file)")
     data = memoryview(raw)[8 + hlen:]
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if len(data) != end:
@@ -292,13 +329,27 @@ def _spec(m: dict) -> QuantSpec:
                      bool(m.get("full_range", False)))  # absent in files written before it existed
 
 
+def _split(tensors: dict[str, torch.Tensor], name: str, m: dict) -> RowSplit | None:
+    if "rows" not in m:
+        return None
+    from dataclasses import replace
+
+    return RowSplit(tuple(tensors[name + ROWS_SUFFIX].tolist()), replace(_spec(m), bits=m["rows"]["bits"]))
+
+
 def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTensor]:
+    """Every stored part: NAME (the whole tensor, or the rows a split does not list) and NAME::rows (the listed)."""
     out = {}
     for name, m in qmeta.items():
-        spec = _spec(m)
-        shape = tuple(m["shape"])
-        codes = unpack(tensors[f"{name}::codes"], spec.bits, int(np.prod(shape))).reshape(shape)
-        out[name] = QTensor(codes, tensors[f"{name}::scales"], tensors.get(f"{name}::offsets"), spec, shape)
+        spec, shape, split = _spec(m), tuple(m["shape"]), _split(tensors, name, m)
+        parts = [(name, spec, shape)]
+        if split is not None:
+            k = len(split.rows)
+            parts = [(name, spec, (shape[0] - k, *shape[1:])), (name + ROWS_SUFFIX, split.spec, (k, *shape[1:]))]
+        for part, pspec, pshape in parts:
+            codes = unpack(tensors[f"{part}::codes"], pspec.bits, int(np.prod(pshape))).reshape(pshape)
+            out[part] = QTensor(codes, tensors[f"{part}::scales"], tensors.get(f"{part}::offsets"), pspec, pshape,
+                                None if split is None or part == name else split.rows)
     return out
 
 
@@ -306,15 +357,22 @@ def unpack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tu
     """Dequantized float32 state (tied copies not repeated) and the per-tensor spec table."""
     qmeta = json.loads(meta["quantization"])
     state = {n: t for n, t in tensors.items() if "::" not in n and n != TOKENIZER_KEY}
-    for name, q in _qtensors(tensors, qmeta).items():
+    qs = _qtensors(tensors, qmeta)
+    for name, m in qmeta.items():
         # The stored APoT table is authoritative: a reader needs no APoT code, only a lookup.
-        state[name] = dequantize(q, table=tensors.get(f"{name}::table"))
+        split, table = _split(tensors, name, m), tensors.get(f"{name}::table")
+        if split is None:
+            state[name] = dequantize(qs[name], table=table)
+        else:
+            part = name + ROWS_SUFFIX
+            state[name] = dequantize_split(qs[name], qs[part], split, table, tensors.get(f"{part}::table"))
     return state, qmeta
 
 
 def packed_codes(path: Path) -> dict[str, QTensor]:
     """The codes and scales of every quantized weight of a packed checkpoint (what `distill --qat-init packed`
-    starts from, so that training goes on from the file's grid instead of a new one)."""
+    starts from, so that training goes on from the file's grid instead of a new one). A row-split weight
+    gives two parts: NAME (its unlisted rows) and NAME::rows (the listed rows; `QTensor.rows` lists them)."""
     tensors, meta = read_packed(path)
     return _qtensors(tensors, json.loads(meta["quantization"]))
 
@@ -349,7 +407,7 @@ def load_packed(path: Path, device: str = "cpu"):
         quantize_activations(model, activations["layers"], activations["bits"])
     info = {"format_version": int(meta["format_version"]), "bits_per_weight": float(meta["bits_per_weight"]),
             "activation_bits": None if activations is None else activations["bits"],
-            "tensors": {n: _spec(m).as_dict() for n, m in qmeta.items()},
+            "tensors": {n: {**_spec(m).as_dict(), **({"rows": m["rows"]} if "rows" in m else {})} for n, m in qmeta.items()},
             "float_weights": [n for n, t in state.items() if n not in qmeta and n.endswith(".weight")
                               and t.dim() >= 2 and "embed_positions" not in n]}
     return LoadedModel(model, processor, str(path), "packed", path, path.stat().st_size, info)

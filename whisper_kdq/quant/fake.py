@@ -19,9 +19,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from whisper_kdq.quant.plan import Plan
+from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, merge_rows, split_rows
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, _fp16_scale, _sorted_levels, choose_params, dequantize
 
-__all__ = ["FakeQuantWeight", "prepare_qat", "qat_modules", "qat_params", "convert_to_packed", "computed_once"]
+__all__ = ["FakeQuantWeight", "RowSplitFakeQuant", "prepare_qat", "qat_modules", "qat_params", "convert_to_packed",
+           "computed_once", "matching_init"]
 
 _memo: dict[int, torch.Tensor] | None = None
 
@@ -103,13 +105,40 @@ class FakeQuantWeight(nn.Module):
         return out.reshape(rows, -1)[:, : w[0].numel()].reshape(self.shape)
 
 
+class RowSplitFakeQuant(nn.Module):
+    """Parametrization of a row-split weight: the listed rows and the others fake-quantized each as a matrix
+    of their own (two `FakeQuantWeight`s, `listed` and `others`), as the packed file stores them."""
+
+    def __init__(self, weight: torch.Tensor, spec: QuantSpec, split: RowSplit, clip: str = "mse",
+                 grad_scaling: bool = True, params=None, listed_params=None) -> None:
+        super().__init__()
+        self.split = split
+        listed, others = split_rows(weight, split)
+        self.listed = FakeQuantWeight(listed, split.spec, clip, grad_scaling, listed_params)
+        self.others = FakeQuantWeight(others, spec, clip, grad_scaling, params)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if _memo is not None and id(self) in _memo:
+            return _memo[id(self)]
+        listed, others = split_rows(w, self.split)
+        out = merge_rows(self.listed._fake_quantize(listed), self.others._fake_quantize(others), self.split)
+        if _memo is not None:
+            _memo[id(self)] = out
+        return out
+
+
+def _params(q: QTensor | None) -> tuple | None:
+    return None if q is None else (q.scales, q.offsets)
+
+
 def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scaling: bool = True,
                 init: dict[str, QTensor] | None = None) -> nn.Module:
     """Fake-quantize, in place, every weight `plan` quantizes (and, if the plan asks, the inputs of those
     layers per token); returns `model`. Tied weights (the token embedding and `proj_out`) share one
     parametrization, so they stay one tensor. `init` (e.g. from GPTQ) gives some weights their starting
     codes and scales: the weight is set to their dequantized value and the scales start as theirs."""
-    specs = plan.resolve(model.state_dict())
+    state = model.state_dict()
+    specs, splits = plan.resolve(state), plan.splits(state)
     init = init or {}
     if plan.activation_bits is not None:
         from whisper_kdq.quant.activations import quantize_planned_activations
@@ -125,6 +154,16 @@ def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scal
         spec = specs.get(f"{name}.weight")
         if spec is None and key not in shared:
             continue
+        split = splits.get(f"{name}.weight")
+        if key not in shared and split is not None:
+            q, ql = init.get(f"{name}.weight"), init.get(f"{name}.weight{ROWS_SUFFIX}")
+            if q is not None and ql is not None:
+                with torch.no_grad():
+                    weight.copy_(dequantize_split(q, ql, split).to(weight.device, weight.dtype))
+            else:
+                q = ql = None
+            shared[key] = RowSplitFakeQuant(weight.detach(), spec, split, clip or _clip(plan), grad_scaling,
+                                            _params(q), _params(ql)).to(weight.device)
         if key not in shared:
             q = init.get(f"{name}.weight")
             if q is not None:
@@ -132,9 +171,8 @@ def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scal
                     raise ValueError(f"{name}.weight: initial codes are {q.spec.short}, the plan says {spec.short}")
                 with torch.no_grad():
                     weight.copy_(dequantize(q).to(weight.device, weight.dtype))
-            params = None if q is None else (q.scales, q.offsets)
             shared[key] = FakeQuantWeight(weight.detach(), spec, clip or _clip(plan), grad_scaling,
-                                          params).to(weight.device)
+                                          _params(q)).to(weight.device)
         parametrize.register_parametrization(module, "weight", shared[key], unsafe=True)
     return model
 
@@ -144,14 +182,38 @@ def _clip(plan: Plan) -> str:
 
 
 def qat_modules(model: nn.Module) -> dict[str, FakeQuantWeight]:
-    """`{weight name: its FakeQuantWeight}` for every fake-quantized weight (tied copies not repeated)."""
+    """`{weight name: its FakeQuantWeight}` for every fake-quantized weight (tied copies not repeated); a
+    row-split weight gives NAME (its unlisted rows) and NAME::rows (the listed rows)."""
     out, seen = {}, set()
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
             fq = module.parametrizations.weight[0]
-            if isinstance(fq, FakeQuantWeight) and id(fq) not in seen:
-                seen.add(id(fq))
+            if id(fq) in seen:
+                continue
+            seen.add(id(fq))
+            if isinstance(fq, FakeQuantWeight):
                 out[f"{name}.weight"] = fq
+            elif isinstance(fq, RowSplitFakeQuant):
+                out[f"{name}.weight"], out[f"{name}.weight{ROWS_SUFFIX}"] = fq.others, fq.listed
+    return out
+
+
+def matching_init(codes: dict[str, QTensor], plan: Plan, state: dict[str, torch.Tensor]) -> dict[str, QTensor]:
+    """The parts of `codes` (e.g. a packed file's) that fit `plan` as it quantizes `state`: same spec, same
+    shape and, for a row split, the same rows; `prepare_qat(init=...)` starts those weights from them."""
+    specs, splits = plan.resolve(state), plan.splits(state)
+    out = {}
+    for name, spec in specs.items():
+        split, q = splits.get(name), codes.get(name)
+        if spec is None or q is None or q.spec != spec:
+            continue
+        shape = tuple(state[name].shape)
+        if split is None and tuple(q.shape) == shape and q.rows is None:
+            out[name] = q
+        elif split is not None:
+            ql = codes.get(name + ROWS_SUFFIX)
+            if ql is not None and ql.spec == split.spec and ql.rows == split.rows:
+                out[name], out[name + ROWS_SUFFIX] = q, ql
     return out
 
 

@@ -113,6 +113,8 @@ def gptq_for_plan(model: torch.nn.Module, processor, plan, dataset, clips: int =
     its languages): what `quantize --method gptq` writes and `distill --qat-init gptq` starts from."""
     from whisper_kdq.quant.calibrate import input_hessians
 
-    specs = plan.resolve(model.state_dict())
+    state = model.state_dict()
+    splits = plan.splits(state)  # a row-split weight is quantized per part by the clip search, not GPTQ
+    specs = {n: s for n, s in plan.resolve(state).items() if n not in splits}
     hessians = input_hessians(model, processor, dataset, gptq_targets(model, specs), clips)
     return gptq_tensors(model, specs, hessians, clip="max" if plan.clip == "max" else "mse", progress=progress)

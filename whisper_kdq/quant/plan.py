@@ -18,7 +18,7 @@ import torch
 from whisper_kdq.errors import UserError
 from whisper_kdq.quant.schemes import GRANULARITIES, SCHEMES, QuantSpec, parse_spec
 
-__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "COMPONENTS", "Rule", "Plan", "load_plan", "plan_from_options",
+__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "COMPONENTS", "Rule", "RowRule", "Plan", "load_plan", "plan_from_options",
            "parse_override", "candidate_tensors", "spec_from_fields"]
 
 PLAN_FORMAT = "whisper-kdq-plan"
@@ -57,12 +57,26 @@ class Rule:
         return {"pattern": self.pattern, **({"float": True} if self.float_ else self.fields)}
 
 
+@dataclass(frozen=True)
+class RowRule:
+    """Listed rows of the matching (quantized) tensors get `bits`, the other rows keep the tensor's spec."""
+
+    pattern: str
+    bits: int
+    rows: tuple[int, ...]
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"pattern": self.pattern, "bits": self.bits, "rows": list(self.rows), **({"note": self.note} if self.note else {})}
+
+
 @dataclass
 class Plan:
     default: QuantSpec | None
     rules: list[Rule] = field(default_factory=list)
     clip: str = "mse"  # clipping search: mse (weight error), max (none), output (needs calibration)
     activation_bits: int | None = None  # inputs of quantized linear layers rounded per token (None: float)
+    row_rules: list[RowRule] = field(default_factory=list)  # e.g. the token embedding's frequent rows
 
     def resolve(self, state: dict[str, torch.Tensor]) -> dict[str, QuantSpec | None]:
         """Spec (None = float) of every candidate tensor in `state`, in state order."""
@@ -80,12 +94,31 @@ class Plan:
             out[name] = spec
         return out
 
+    def splits(self, state: dict[str, torch.Tensor]) -> dict:
+        """`{tensor name: RowSplit}` for every quantized tensor a row rule matches (the last match wins)."""
+        from whisper_kdq.quant.rows import RowSplit
+
+        out = {}
+        for name, spec in self.resolve(state).items():
+            rule = next((r for r in reversed(self.row_rules) if re.search(r.pattern, name)), None)
+            if rule is None:
+                continue
+            if spec is None:
+                raise UserError(f"plan.rows: {name} is kept float; row bits apply to quantized tensors only")
+            if rule.rows and rule.rows[-1] >= state[name].shape[0]:
+                raise UserError(f"plan.rows: row {rule.rows[-1]} is out of range for {name} ({state[name].shape[0]} rows)")
+            if rule.rows:
+                out[name] = RowSplit(rule.rows, replace(spec, bits=rule.bits))
+        return out
+
     def as_dict(self) -> dict:
         out = {"format": PLAN_FORMAT, "version": PLAN_VERSION,
                "default": None if self.default is None else self.default.as_dict(),
                "clip": self.clip, "rules": [r.as_dict() for r in self.rules]}
         if self.activation_bits is not None:
             out["activations"] = {"bits": self.activation_bits}
+        if self.row_rules:
+            out["rows"] = [r.as_dict() for r in self.row_rules]
         return out
 
     def save(self, path: Path) -> None:
@@ -156,7 +189,7 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
         raise UserError(f"{where}.format: expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
     if data.get("version", PLAN_VERSION) != PLAN_VERSION:
         raise UserError(f"{where}.version: unsupported plan version {data.get('version')!r} (this tool reads {PLAN_VERSION})")
-    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note", "selection", "activations"}
+    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note", "selection", "activations", "rows"}
     if unknown:
         raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     default = data.get("default")
@@ -184,7 +217,26 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
             raise UserError(f"{at}: give at least one of {', '.join(_FIELDS)}, spec, or float: true")
         spec_from_fields(_merged(spec or QuantSpec(), rest), at)  # validate now, name the field
         rules.append(Rule(item["pattern"], rest, False, at))
-    return Plan(spec, rules, clip, _activation_bits(data.get("activations"), f"{where}.activations"))
+    return Plan(spec, rules, clip, _activation_bits(data.get("activations"), f"{where}.activations"),
+                _row_rules(data.get("rows", []), f"{where}.rows"))
+
+
+def _row_rules(value: object, where: str) -> list[RowRule]:
+    if not isinstance(value, list):
+        raise UserError(f"{where}: expected a list of {{\"pattern\", \"bits\", \"rows\"}} objects")
+    out = []
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"pattern", "bits", "rows", "note"} or not isinstance(item.get("pattern"), str):
+            raise UserError(f"{at}: expected {{\"pattern\": REGEX, \"bits\": 2-8, \"rows\": [row indices]}}")
+        Rule(item["pattern"], {}, True, at)  # the regex check
+        bits, rows = item.get("bits"), item.get("rows")
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+            raise UserError(f"{at}.bits: expected an integer 2-8, got {json.dumps(bits)}")
+        if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rows):
+            raise UserError(f"{at}.rows: expected a list of row indices (integers >= 0)")
+        out.append(RowRule(item["pattern"], bits, tuple(sorted(set(rows))), str(item.get("note", ""))))
+    return out
 
 
 def _activation_bits(value: object, where: str) -> int | None:
@@ -227,7 +279,7 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
         group_size = 128
     default = spec_from_fields({"scheme": scheme, "bits": bits, "granularity": granularity,
                                 "group_size": group_size, "symmetric": symmetric, "full_range": full_range}, "options")
-    plan = Plan(default, [], clip) if base is None else replace(base, rules=list(base.rules), clip=clip)
+    plan = Plan(default, [], clip) if base is None else replace(base, rules=list(base.rules), clip=clip, row_rules=list(base.row_rules))
     # The conv front-end is 0.3 % of whisper-base and feeds everything: 8 bits unless told otherwise.
     # (A flag left unset arrives as None: it must not erase that default.)
     given = {k: b for k, b in (component_bits or {}).items() if b is not None}

@@ -96,6 +96,7 @@ class QTensor:
     offsets: torch.Tensor | None  # float16, [groups], None when symmetric
     spec: QuantSpec
     shape: tuple[int, ...] = field(default=())
+    rows: tuple[int, ...] | None = None  # the part of a row-split weight that holds these rows (quant/rows.py)
 
     @property
     def table(self) -> torch.Tensor:
