@@ -81,3 +81,17 @@ def test_per_matrix_selection_on_whisper_base_feeds_quantize(fixture_manifest, t
     result = runner.invoke(app, ["quantize", "--model", "base", "--plan", str(plan), "--out", str(ckpt), "--json"])
     assert result.exit_code == 0, result.output
     assert ckpt.stat().st_size == selection["predicted_bytes"] <= 5.0 * 72_593_920 / 8
+
+
+def test_embedding_rows_of_the_calibration_text_go_into_the_plan_and_its_size(tiny_model_dir, fixture_manifest, tmp_path):
+    plan = tmp_path / "plan.json"
+    result = runner.invoke(app, ["select-layers", "--model", str(tiny_model_dir), "--calibration", str(fixture_manifest),
+                                 "--low-bits", "2", "--high-bits", "3", "--low-fraction", "0.5", "--embedding-rows-bits", "4",
+                                 "--out", str(plan), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(plan.read_text())
+    (rule,) = written["rows"]
+    assert rule["bits"] == 4 and "embed_tokens" in rule["pattern"] and len(rule["rows"]) > 100
+    ckpt = tmp_path / "q.safetensors"
+    assert runner.invoke(app, ["quantize", "--model", str(tiny_model_dir), "--plan", str(plan), "--out", str(ckpt)]).exit_code == 0
+    assert ckpt.stat().st_size == written["selection"]["predicted_bytes"]

@@ -27,6 +27,8 @@ def quantize(
     embedding_bits: Optional[int] = typer.Option(None, help="Bits for the token embedding / output projection (0 = float)."),
     conv_bits: Optional[int] = typer.Option(None, help="Bits for the conv front-end (default 8; 0 = float)."),
     override: List[str] = typer.Option([], "--override", help="REGEX=BITS, REGEX=float or REGEX=SPEC (repeatable; last match wins)."),
+    embedding_rows_bits: Optional[int] = typer.Option(None, help="Bits for the token-embedding rows the --rows-from transcripts use (the other rows keep --embedding-bits)."),
+    rows_from: Optional[Path] = typer.Option(None, help="Manifest whose transcripts pick those rows (default: --calibration; its --calibration-split)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Also round the inputs of quantized linear layers to N bits (4-8) per token, at run time (default: float activations)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Per-tensor plan JSON (docs/PLAN.md); flags above add rules after it."),
     clip: Optional[str] = typer.Option(None, help="Clipping search: mse (weight error, default), max (none), output (needs --calibration)."),
@@ -66,8 +68,18 @@ def quantize(
                                  overrides=override, clip=clip if clip or calibration is None else "output",
                                  base=load_plan(plan) if plan is not None else None, activation_bits=act_bits,
                                  full_range=full_range)
+    if embedding_rows_bits is not None and not 2 <= embedding_rows_bits <= 8:
+        raise UserError(f"--embedding-rows-bits must be 2-8, got {embedding_rows_bits}")
+    if embedding_rows_bits is not None and (rows_from or calibration) is None:
+        raise UserError("--embedding-rows-bits needs --rows-from MANIFEST (or --calibration)")
     loaded = load_model(model, device=resolve_device(device))
+    if embedding_rows_bits is not None:
+        from whisper_kdq.quant.rows import embedding_row_rule
+
+        the_plan.row_rules.append(embedding_row_rule(loaded.processor.tokenizer, rows_from or calibration,
+                                                     embedding_rows_bits, calibration_split))
     state = loaded.model.state_dict()
+    the_plan.splits(state)  # a bad row rule fails here, before any work
     specs = the_plan.resolve(state)
     if save_plan is not None:
         the_plan.save(save_plan)
@@ -124,7 +136,8 @@ def _report(summary: dict, specs: dict, verb: str, out: Optional[Path], as_json:
         spec = row["spec"]
         what = "float32" if spec is None else f"{spec['scheme']} {spec['bits']}-bit " + (
             f"group {spec['group_size']}" if spec["granularity"] == "group" else spec["granularity"]) + (
-            " full-range" if spec.get("full_range") else "" if spec["symmetric"] else " +offset")
+            " full-range" if spec.get("full_range") else "" if spec["symmetric"] else " +offset") + (
+            f", {spec['rows']['count']} rows {spec['rows']['bits']}-bit" if "rows" in spec else "")
         table.add_row(name, "x".join(map(str, row["shape"])), what, f"{row['bytes']:,}")
     console.print(table)
     quantized = sum(1 for s in specs.values() if s is not None)

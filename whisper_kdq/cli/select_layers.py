@@ -35,6 +35,7 @@ def select_layers_cmd(
     target_bpw: Optional[float] = typer.Option(None, help="Target bits per weight of the whole file."),
     low_fraction: Optional[float] = typer.Option(None, help="Without a size target: the fraction of layers at low bits."),
     granularity: str = typer.Option("block", help=f"Bits per {' or per '.join(GRANULARITIES)} (linear: each weight matrix of a block)."),
+    embedding_rows_bits: Optional[int] = typer.Option(None, help="Bits for the token-embedding rows the calibration transcripts use (all of the manifest's, or --split's); the other rows get the embedding's selected bits."),
     distill_fraction: float = typer.Option(0.5, help="Fraction of blocks per stack that get hidden-state distillation."),
     split: Optional[str] = typer.Option(None, help="Use only this split of the manifest."),
     limit: int = typer.Option(16, help="Calibration utterances, taken in turn from each language of the manifest."),
@@ -62,8 +63,15 @@ def select_layers_cmd(
     high = QuantSpec(scheme, high_bits, **gran) if high_bits else None
     if high is not None and high.bits <= low.bits:
         raise UserError(f"--high-bits ({high_bits}) must be above --low-bits ({low_bits}), or 0 for float")
+    if embedding_rows_bits is not None and not 2 <= embedding_rows_bits <= 8:
+        raise UserError(f"--embedding-rows-bits must be 2-8, got {embedding_rows_bits}")
     dev = resolve_device(device)
     student = load_model(model, device=dev)
+    row_rules = []
+    if embedding_rows_bits is not None:
+        from whisper_kdq.quant.rows import embedding_row_rule
+
+        row_rules.append(embedding_row_rule(student.processor.tokenizer, calibration, embedding_rows_bits, split))
     teacher_model = load_model(teacher, device=dev) if teacher else None
     params = student.params
     target = None
@@ -79,7 +87,7 @@ def select_layers_cmd(
     with console.status("measuring per-layer losses") as status:
         selection = select_layers(student, data, teacher=teacher_model, strategy=strategy, low=low, high=high,
                                   target_bytes=target, low_fraction=low_fraction, distill_fraction=distill_fraction,
-                                  seed=seed, batch_size=batch_size, device=dev, granularity=granularity,
+                                  seed=seed, batch_size=batch_size, device=dev, granularity=granularity, row_rules=row_rules,
                                   progress=lambda name: status.update(f"measuring per-layer losses: {name}"))
     payload = {**selection.plan.as_dict(), "selection": selection.as_dict()}
     payload["selection"].update({"granularity": granularity, "model": model, "teacher": teacher, "calibration": str(calibration),

@@ -17,7 +17,8 @@ import torch
 
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, quantize
 
-__all__ = ["RowSplit", "split_rows", "merge_rows", "quantize_split", "dequantize_split", "token_rows"]
+__all__ = ["RowSplit", "split_rows", "merge_rows", "quantize_split", "dequantize_split", "token_rows",
+           "embedding_row_rule"]
 
 ROWS_SUFFIX = "::rows"  # the listed rows' part of tensor NAME is named NAME::rows (codes: NAME::rows::codes)
 
@@ -75,3 +76,16 @@ def token_rows(tokenizer, utterances: Iterable) -> list[int]:
         if u.text:
             rows.update(label_ids(tokenizer, u.text, u.language))
     return sorted(rows)
+
+
+def embedding_row_rule(tokenizer, manifest, bits: int, split: str | None = None):
+    """A plan rule giving the token-embedding rows that `manifest`'s transcripts use (of `split`) `bits` bits."""
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.errors import UserError
+    from whisper_kdq.quant.plan import COMPONENTS, RowRule
+
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise UserError(f"bits of the embedding's listed rows must be an integer from 2 to 8, got {bits!r}")
+    data = load_dataset(manifest, split=split, check_audio=False)
+    note = f"rows of the {len(data)} transcripts of {manifest}" + (f" (split {split})" if split else "") + " and the special tokens"
+    return RowRule(COMPONENTS["embedding"], bits, tuple(token_rows(tokenizer, data.utterances)), note)

@@ -16,12 +16,14 @@ __all__ = ["STRATEGIES", "Selection", "Unit", "select_layers", "layer_units", "b
 def select_layers(student, calibration: Dataset, *, teacher=None, strategy: str = "guided", low: QuantSpec,
                   high: QuantSpec | None, target_bytes: int | None = None, low_fraction: float | None = None,
                   distill_fraction: float = 0.5, seed: int = 0, batch_size: int = 8, device: str = "cpu",
-                  granularity: str = "block", progress: Callable[[str], None] | None = None) -> Selection:
+                  granularity: str = "block", progress: Callable[[str], None] | None = None,
+                  row_rules: list | None = None) -> Selection:
     """Measure the per-unit losses on `calibration` (guided only) and choose bits and distilled blocks.
 
     `student` and `teacher` are `LoadedModel`s; without a teacher the distillation losses are not
     measured (the student is its own reference, as in post-training quantization). `granularity`:
-    bits per block, or per weight matrix (`linear`)."""
+    bits per block, or per weight matrix (`linear`). `row_rules` (e.g. the token embedding's frequent rows at
+    more bits, `quant.rows.embedding_row_rule`) go into every plan, so the sizes count them."""
     from whisper_kdq.quant.checkpoint import predict_packed
 
     units = layer_units(student.model, granularity)
@@ -37,4 +39,4 @@ def select_layers(student, calibration: Dataset, *, teacher=None, strategy: str 
         return predict_packed(student.model, plan, student.processor)["file_bytes"]
 
     return choose(units, strategy, high=high, low=low, size_of=size_of, target_bytes=target_bytes,
-                  low_fraction=low_fraction, distill_fraction=distill_fraction, seed=seed)
+                  low_fraction=low_fraction, distill_fraction=distill_fraction, seed=seed, row_rules=row_rules)

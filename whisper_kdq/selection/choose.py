@@ -40,15 +40,16 @@ class Selection:
                                    for stack in ("encoder", "decoder")}}
 
 
-def build_plan(units: list[Unit], high: QuantSpec | None, low: QuantSpec, clip: str = "mse") -> Plan:
-    """High spec by default (None = float), one rule per unit chosen for low bits."""
+def build_plan(units: list[Unit], high: QuantSpec | None, low: QuantSpec, clip: str = "mse",
+               row_rules: list | None = None) -> Plan:
+    """High spec by default (None = float), one rule per unit chosen for low bits; `row_rules` as given."""
     rules = []
     for u in units:
         if u.bits == low.bits:
             rules.append(Rule(u.pattern, low.as_dict(), False, u.name))
         elif high is None:
             rules.append(Rule(u.pattern, {}, True, u.name))
-    return Plan(high, rules, clip)
+    return Plan(high, rules, clip, row_rules=list(row_rules or []))
 
 
 def _order(units: list[Unit], strategy: str, seed: int) -> list[Unit]:
@@ -81,7 +82,7 @@ def _order(units: list[Unit], strategy: str, seed: int) -> list[Unit]:
 
 def choose(units: list[Unit], strategy: str, *, high: QuantSpec | None, low: QuantSpec,
            size_of: Callable[[Plan], int], target_bytes: int | None = None, low_fraction: float | None = None,
-           distill_fraction: float = 0.5, seed: int = 0, clip: str = "mse") -> Selection:
+           distill_fraction: float = 0.5, seed: int = 0, clip: str = "mse", row_rules: list | None = None) -> Selection:
     """Assign `low` bits to units in the strategy's order until the predicted size meets
     `target_bytes` (or `low_fraction` of the units are low); mark the blocks to distil."""
     if strategy not in STRATEGIES:
@@ -97,10 +98,10 @@ def choose(units: list[Unit], strategy: str, *, high: QuantSpec | None, low: Qua
         order = _order(candidates, strategy, seed)
         limit = len(order) if low_fraction is None else round(low_fraction * len(candidates))
         for u in order[:limit]:
-            if target_bytes is not None and size_of(build_plan(units, high, low, clip)) <= target_bytes:
+            if target_bytes is not None and size_of(build_plan(units, high, low, clip, row_rules)) <= target_bytes:
                 break
             u.bits = low.bits
-    plan = build_plan(units, high, low, clip)
+    plan = build_plan(units, high, low, clip, row_rules)
     size = size_of(plan)
     if target_bytes is not None and size > target_bytes:
         raise UserError(f"target of {target_bytes / 1e6:.2f} MB is out of reach with {strategy} selection at "

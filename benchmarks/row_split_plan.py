@@ -1,0 +1,109 @@
+"""A 10.5x plan that spends the token embedding's rare rows on the decoder (docs/BENCHMARKS.md, "Row splits").
+
+From a guided plan (default: the 10.5x 2/3-bit plan on the full-range grid), keep the encoder as it is (so
+a stage-1 encoder trained on that plan is reused), put the token embedding at `--cold-bits` except the rows
+the calibration transcripts use (`--hot-bits`), every decoder matrix at `--decoder-bits`, then raise decoder
+matrices to `--decoder-bits + 1` in order of their measured quantization loss per weight (the plan's
+`selection` record) while the file stays within the base plan's size.
+
+With `--encoder-from` (a stage-1 packed file trained on the base plan) it also writes `--student-out`: that
+encoder, its codes as they are, with the teacher's float decoder and embedding quantized by the new plan,
+the student of the decoder stage (`distill --student … --qat-init packed --freeze-encoder`).
+
+    python benchmarks/row_split_plan.py --base runs/pipeline-w10-sel/plan-guided-linear-23-10.5x-full.json \\
+        --calibration corpus/train-subset-ja570-en325.jsonl --out runs/pipeline-w10-sel/plan-rows-10.5x.json \\
+        --encoder-from runs/…-full-encoder/model.safetensors --student-out runs/…/rows-start.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+EMBEDDING = r"^model\.decoder\.embed_tokens\.weight$"
+DECODER = r"^model\.decoder\.layers"
+
+
+def build(base: dict, rows: list[int], size_of, *, cold_bits: int, hot_bits: int, decoder_bits: int) -> dict:
+    """The plan (a dict) and the sizes it was fitted to, recorded under `row_split`."""
+    budget = size_of(base)
+    plan = copy.deepcopy(base)
+    plan["rules"] = [r for r in plan["rules"] if not r["pattern"].startswith(DECODER)
+                     and r["pattern"] != EMBEDDING]
+    plan["rules"] += [{"pattern": DECODER + r"\.", "bits": decoder_bits}, {"pattern": EMBEDDING, "bits": cold_bits}]
+    plan["rows"] = [{"pattern": EMBEDDING, "bits": hot_bits, "rows": rows,
+                     "note": "token rows of the calibration transcripts and the special tokens"}]
+    units = [u for u in plan.get("selection", {}).get("units", []) if u["unit"].startswith("decoder.")]
+    units.sort(key=lambda u: -u["quant_loss"] / u["params"])  # most output change per weight first
+    raised = []
+    for u in units:
+        trial = copy.deepcopy(plan)
+        trial["rules"].append({"pattern": u["pattern"], "bits": decoder_bits + 1})
+        if size_of(trial) > budget:
+            continue
+        plan, raised = trial, raised + [u["unit"]]
+    plan["row_split"] = {"base_bytes": budget, "bytes": size_of(plan), "rows": len(rows), "cold_bits": cold_bits,
+                         "hot_bits": hot_bits, "decoder_bits": decoder_bits, "raised": raised}
+    return plan
+
+
+def compose_student(teacher, encoder_from: Path, plan, out: Path) -> dict:
+    """The teacher with `encoder_from`'s trained encoder, written packed by `plan`: the encoder's codes are
+    copied (its spec must be the plan's), everything else is quantized from the teacher's float weights."""
+    import copy as _copy
+
+    from whisper_kdq.quant.checkpoint import load_packed, packed_codes, save_packed
+
+    model = _copy.deepcopy(teacher.model)
+    model.model.encoder.load_state_dict(load_packed(encoder_from).model.model.encoder.state_dict())
+    codes = {n: q for n, q in packed_codes(encoder_from).items() if n.startswith("model.encoder.")}
+    return save_packed(out, model, teacher.processor, plan, force=True, quantized=codes)
+
+
+def main() -> None:
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.fileio import write_text_atomic
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.quant.checkpoint import predict_packed
+    from whisper_kdq.quant.plan import plan_from_dict
+    from whisper_kdq.quant.rows import token_rows
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", type=Path, required=True)
+    ap.add_argument("--calibration", type=Path, required=True, help="manifest whose transcripts pick the rows")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--teacher", default="base")
+    ap.add_argument("--cold-bits", type=int, default=2)
+    ap.add_argument("--hot-bits", type=int, default=4)
+    ap.add_argument("--decoder-bits", type=int, default=3)
+    ap.add_argument("--encoder-from", type=Path, help="stage-1 packed file whose encoder the student keeps")
+    ap.add_argument("--student-out", type=Path, help="where the composed student goes (with --encoder-from)")
+    args = ap.parse_args()
+    teacher = load_model(args.teacher)
+    rows = token_rows(teacher.processor.tokenizer, load_dataset(args.calibration, check_audio=False).utterances)
+
+    def size_of(plan: dict) -> int:
+        clean = {k: v for k, v in plan.items() if k != "row_split"}
+        return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
+
+    plan = build(json.loads(args.base.read_text()), rows, size_of, cold_bits=args.cold_bits, hot_bits=args.hot_bits,
+                 decoder_bits=args.decoder_bits)
+    info = plan.pop("row_split")
+    plan["selection"] = {**plan.get("selection", {}), "row_split": info}
+    write_text_atomic(args.out, json.dumps(plan, indent=2) + "\n")
+    print(json.dumps({"out": str(args.out), **{k: v for k, v in info.items()},
+                      "ratio_vs_fp32": 4 * teacher.params / info["bytes"]}))
+    if args.encoder_from is not None:
+        from whisper_kdq.quant.plan import load_plan
+
+        summary = compose_student(teacher, args.encoder_from, load_plan(args.out), args.student_out)
+        print(json.dumps({"student": str(args.student_out), "file_bytes": summary["file_bytes"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks/row_split_plan.py: the encoder kept, the decoder raised within the base plan's bytes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import row_split_plan  # noqa: E402
+
+from tests.conftest import tiny_model  # noqa: E402
+from whisper_kdq.quant.checkpoint import predict_packed  # noqa: E402
+from whisper_kdq.quant.plan import plan_from_dict  # noqa: E402
+
+DEC = r"^model\.decoder\.layers\.{}\.{}\.weight$"
+
+
+def test_build_keeps_the_encoder_and_spends_the_freed_bytes_on_the_decoder():
+    model = tiny_model()
+    spec = {"scheme": "uniform", "bits": 3, "granularity": "group", "group_size": 32, "full_range": True}
+    enc = {"pattern": r"^model\.encoder\.layers\.0\.fc1\.weight$", "bits": 2}
+    units = [{"unit": f"decoder.{i}.{m}", "pattern": DEC.format(i, m), "params": 64 * 128,
+              "quant_loss": float(1 + i + (m == "fc2"))} for i in range(2) for m in ("fc1", "fc2")]
+    base = {"default": spec, "rules": [enc, *[{"pattern": u["pattern"], "bits": 2} for u in units]],
+            "selection": {"units": units}}
+
+    def size_of(plan: dict) -> int:
+        return predict_packed(model, plan_from_dict({k: v for k, v in plan.items() if k != "row_split"}))["file_bytes"]
+
+    plan = row_split_plan.build(base, [0, 7, 50257], size_of, cold_bits=2, hot_bits=4, decoder_bits=3)
+    info = plan["row_split"]
+    assert info["bytes"] <= info["base_bytes"] == size_of(base)
+    assert enc in plan["rules"] and plan["rows"][0]["rows"] == [0, 7, 50257]
+    # The embedding's 2-bit rows free far more than the four small decoder matrices need at 4 bits.
+    assert sorted(info["raised"]) == sorted(u["unit"] for u in units)
+    resolved = plan_from_dict({k: v for k, v in plan.items() if k != "row_split"}).resolve(model.state_dict())
+    assert resolved["model.decoder.layers.1.fc2.weight"].bits == 4
+    assert resolved["model.decoder.layers.0.self_attn.q_proj.weight"].bits == 3
+    assert resolved["model.decoder.embed_tokens.weight"].bits == 2
+    assert resolved["model.encoder.layers.0.fc1.weight"].bits == 2
