@@ -113,9 +113,10 @@ def ct2_precision(loaded: LoadedModel) -> tuple[str, str]:
         return "float16", "source is not quantized"
     for name, spec in tensors.items():
         exact = (spec.get("scheme") == "uniform" and spec.get("bits") == 8 and spec.get("symmetric", True)
-                 and spec.get("granularity") == "per-channel" and not spec.get("full_range"))
+                 and spec.get("granularity") == "per-channel" and not spec.get("full_range") and "rows" not in spec)
         if not exact:
-            return "float16", f"{name} is {spec.get('scheme')} {spec.get('bits')}-bit {spec.get('granularity')}, " \
+            rows = f" with {spec['rows']['count']} rows at {spec['rows']['bits']} bits" if "rows" in spec else ""
+            return "float16", f"{name} is {spec.get('scheme')} {spec.get('bits')}-bit {spec.get('granularity')}{rows}, " \
                               "which CTranslate2's per-row int8 cannot represent exactly"
     left_float = loaded.info.get("float_weights") or []
     if left_float:
