@@ -89,6 +89,11 @@ class Studies:
             "encoder QAT by regression then decoder CE 0.3+KD+QAT guided 2/3-bit selected on full range (10.5x)":
                 lambda: self._regressed_encoder_qat("teacher-qat-guided-23-10.5x-fullsel",
                                                     self._guided_10x_plan(full_range=True)),
+            # The full-range row's encoder, with the token embedding row-split (rows of the training transcripts
+            # 4-bit, the rest 2-bit) and the bytes that frees spent on the decoder (benchmarks/row_split_plan.py).
+            "encoder QAT by regression then decoder CE 0.3+KD+QAT 3/4-bit, embedding rows 4/2-bit (10.5x; best on dev)":
+                lambda: self._row_split_qat("teacher-qat-rows-10.5x", self._full_range(self._guided_10x_plan()),
+                                            "teacher-qat-guided-23-10.5x-full"),
         }
 
     def _regressed_encoder_qat(self, name: str, plan: str) -> tuple[dict, float]:
@@ -96,18 +101,53 @@ class Studies:
         output, block by block (`distill --encoder-only --plan`: no decoder work, which a CPU affords), from GPTQ's
         codes; then the decoder and embedding trained as `_teacher_qat` does, on that encoder frozen at its
         trained codes (`--student FILE --qat-init packed`). Training wall = both stages."""
+        enc = self._encoder_stage(name, plan)
+        model, wall = self._decoder_stage(name, plan, enc["model"])
+        return self.evaluate(model), enc["wall_s"] + wall
+
+    def _row_split_qat(self, name: str, base_plan: str, encoder_of: str) -> tuple[dict, float]:
+        """`_regressed_encoder_qat`'s encoder stage on `base_plan` (shared with the row `encoder_of`), then a plan of
+        the same bytes with the embedding row-split and the decoder raised (`row_split_plan.build`), and the decoder
+        stage from the teacher's float decoder quantized by it, on that encoder (`row_split_plan.compose_student`)."""
+        from row_split_plan import build, compose_student
+
+        from whisper_kdq.data.manifest import load_dataset
+        from whisper_kdq.models.refs import load_model
+        from whisper_kdq.quant.checkpoint import predict_packed
+        from whisper_kdq.quant.plan import load_plan, plan_from_dict
+        from whisper_kdq.quant.rows import token_rows
+
+        enc = self._encoder_stage(encoder_of, base_plan)
+        plan, start = self.out / f"plan-{name}.json", self.out / f"{name}-start.safetensors"
+        if not start.is_file():
+            teacher = load_model("base")
+            rows = token_rows(teacher.processor.tokenizer, load_dataset(self.train, check_audio=False).utterances)
+
+            def size_of(p: dict) -> int:
+                clean = {k: v for k, v in p.items() if k != "row_split"}
+                return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
+
+            data = build(json.loads(Path(base_plan).read_text()), rows, size_of, cold_bits=2, hot_bits=4, decoder_bits=3)
+            data["selection"] = {**data.get("selection", {}), "row_split": data.pop("row_split")}
+            plan.write_text(json.dumps(data, indent=2) + "\n")
+            compose_student(teacher, Path(enc["model"]), load_plan(plan), start)
+        model, wall = self._decoder_stage(name, str(plan), str(start))
+        return self.evaluate(model), enc["wall_s"] + wall
+
+    def _encoder_stage(self, name: str, plan: str) -> dict:
         a = self.a
-        enc = self.cli("distill", "--encoder-only", "--teacher", "base", "--data", str(self.train),
+        return self.cli("distill", "--encoder-only", "--teacher", "base", "--data", str(self.train),
                        "--eval-data", str(self.manifest), "--eval-split", "dev", "--out", str(self.out / f"{name}-encoder"),
                        "--student-encoder-map", "0,1,2,3,4,5", "--frozen-encoder-layers", "0", "--plan", plan,
                        "--qat-init", "gptq", "--steps", str(a.encoder_steps), "--batch-size", str(a.batch_size),
                        "--lr", str(a.encoder_lr), "--warmup", "20", "--save-every", "25", "--eval-every", "50",
                        "--teacher-cache", str(self.out / f"encoder-targets-front{self._window_tag()}.pt"),
                        *(["--window", f"{a.train_window:g}"] if a.train_window else []), "--device", a.device)
-        dev = ["--eval-data", str(self.manifest), "--eval-split", "dev", "--eval-every", str(max(1, a.steps // 3))]
-        model, wall = self.distill(name, "--ce", "0.3", "--kd", "1", "--hidden", "1", "--matching", "static", "--plan", plan,
-                                   "--qat-init", "packed", *dev, student=enc["model"], lr=a.qat_lr)
-        return self.evaluate(model), enc["wall_s"] + wall
+
+    def _decoder_stage(self, name: str, plan: str, student: str) -> tuple[str, float]:
+        dev = ["--eval-data", str(self.manifest), "--eval-split", "dev", "--eval-every", str(max(1, self.a.steps // 3))]
+        return self.distill(name, "--ce", "0.3", "--kd", "1", "--hidden", "1", "--matching", "static", "--plan", plan,
+                            "--qat-init", "packed", *dev, student=student, lr=self.a.qat_lr)
 
     def _guided_10x_plan(self, full_range: bool = False) -> str:
         """The GPU study's plan (benchmarks/gpu_study.py): guided per weight matrix at 2/3 bits, positions 8-bit,

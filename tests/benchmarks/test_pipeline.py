@@ -82,3 +82,17 @@ def test_the_10x_plan_selected_on_the_full_range_grid_is_its_own_file(tmp_path, 
     assert p._guided_10x_plan().endswith("plan-guided-linear-23-10.5x.json")
     assert [w["full_range"] for w in asked] == [True, False]
     assert any("selected on full range" in name for name in p.rows())
+
+
+def test_row_split_row_shares_the_full_range_encoder_and_trains_the_decoder_from_its_composed_student(tmp_path):
+    p, calls = _pipeline(tmp_path)
+    p.evaluate = lambda model: {"model": model}
+    p.out.mkdir(parents=True, exist_ok=True)
+    (p.out / "r-start.safetensors").write_bytes(b"")  # composed already: no teacher to load here
+    row, wall = p._row_split_qat("r", "plan-full.json", "shared")
+    encoder, decoder = calls
+    assert encoder[encoder.index("--out") + 1].endswith("shared-encoder") and encoder[encoder.index("--plan") + 1] == "plan-full.json"
+    assert decoder[decoder.index("--student") + 1].endswith("r-start.safetensors")
+    assert decoder[decoder.index("--plan") + 1].endswith("plan-r.json") and decoder[decoder.index("--out") + 1].endswith("/r")
+    assert row == {"model": "m"} and wall == 2.0
+    assert any("embedding rows 4/2-bit" in name for name in p.rows())
