@@ -27,14 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 EMBEDDING = r"^model\.decoder\.embed_tokens\.weight$"
 DECODER = r"^model\.decoder\.layers"
+ENCODER = r"^model\.encoder\.layers"
 
 
-def build(base: dict, rows: list[int], size_of, *, cold_bits: int, hot_bits: int, decoder_bits: int) -> dict:
-    """The plan (a dict) and the sizes it was fitted to, recorded under `row_split`."""
+def build(base: dict, rows: list[int], size_of, *, cold_bits: int, hot_bits: int, decoder_bits: int,
+          encoder_bits: int | None = None) -> dict:
+    """The plan (a dict) and the sizes it was fitted to, recorded under `row_split`. `encoder_bits`: every
+    encoder block matrix at these bits instead of the base plan's (then the encoder must be trained anew)."""
     budget = size_of(base)
     plan = copy.deepcopy(base)
-    plan["rules"] = [r for r in plan["rules"] if not r["pattern"].startswith(DECODER)
-                     and r["pattern"] != EMBEDDING]
+    replaced = (DECODER, EMBEDDING) + ((ENCODER,) if encoder_bits is not None else ())
+    plan["rules"] = [r for r in plan["rules"] if not r["pattern"].startswith(replaced)]
+    if encoder_bits is not None:
+        plan["rules"].append({"pattern": ENCODER + r"\.", "bits": encoder_bits})
     plan["rules"] += [{"pattern": DECODER + r"\.", "bits": decoder_bits}, {"pattern": EMBEDDING, "bits": cold_bits}]
     plan["rows"] = [{"pattern": EMBEDDING, "bits": hot_bits, "rows": rows,
                      "note": "token rows of the calibration transcripts and the special tokens"}]
@@ -48,7 +53,7 @@ def build(base: dict, rows: list[int], size_of, *, cold_bits: int, hot_bits: int
             continue
         plan, raised = trial, raised + [u["unit"]]
     plan["row_split"] = {"base_bytes": budget, "bytes": size_of(plan), "rows": len(rows), "cold_bits": cold_bits,
-                         "hot_bits": hot_bits, "decoder_bits": decoder_bits, "raised": raised}
+                         "hot_bits": hot_bits, "decoder_bits": decoder_bits, "encoder_bits": encoder_bits, "raised": raised}
     return plan
 
 
@@ -81,6 +86,7 @@ def main() -> None:
     ap.add_argument("--cold-bits", type=int, default=2)
     ap.add_argument("--hot-bits", type=int, default=4)
     ap.add_argument("--decoder-bits", type=int, default=3)
+    ap.add_argument("--encoder-bits", type=int, help="every encoder block matrix at these bits (default: the base plan's)")
     ap.add_argument("--encoder-from", type=Path, help="stage-1 packed file whose encoder the student keeps")
     ap.add_argument("--student-out", type=Path, help="where the composed student goes (with --encoder-from)")
     args = ap.parse_args()
@@ -92,7 +98,7 @@ def main() -> None:
         return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
 
     plan = build(json.loads(args.base.read_text()), rows, size_of, cold_bits=args.cold_bits, hot_bits=args.hot_bits,
-                 decoder_bits=args.decoder_bits)
+                 decoder_bits=args.decoder_bits, encoder_bits=args.encoder_bits)
     info = plan.pop("row_split")
     plan["selection"] = {**plan.get("selection", {}), "row_split": info}
     write_text_atomic(args.out, json.dumps(plan, indent=2) + "\n")

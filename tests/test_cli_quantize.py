@@ -148,19 +148,28 @@ def test_full_range_grid_keeps_real_whisper_base_closer_to_itself_on_real_speech
     """3-bit groups of 128 on every matrix of real whisper-base, restricted (7 levels) vs full range (8 levels,
     same bytes): teacher-forced on the real clips' references, the full-range model's next-token
     distributions are closer to the float model's."""
-    from whisper_kdq.data.manifest import load_dataset
-
-    base = load_model("base")
-    clips = load_dataset(fixture_manifest).utterances
-    features = base.processor.feature_extractor([u.load() for u in clips], sampling_rate=16000,
-                                                return_tensors="pt").input_features
-    tok = base.processor.tokenizer
+    kl_to_base = _teacher_forced_kl(fixture_manifest)
     kl = {}
     for name, flags in (("restricted", []), ("full", ["--full-range"])):
         out = tmp_path / f"{name}.safetensors"
         result = runner.invoke(app, ["quantize", "--model", "base", "--bits", "3", "--out", str(out), *flags])
         assert result.exit_code == 0, result.output
-        model = load_model(str(out)).model
+        kl[name] = kl_to_base(load_model(str(out)).model)
+    assert kl["full"] < 0.9 * kl["restricted"], kl
+
+
+def _teacher_forced_kl(manifest):
+    """A function: model -> mean KL(float whisper-base || model) of the next-token distributions, teacher-forced
+    on the references of `manifest`'s real clips."""
+    from whisper_kdq.data.manifest import load_dataset
+
+    base = load_model("base")
+    clips = load_dataset(manifest).utterances
+    features = base.processor.feature_extractor([u.load() for u in clips], sampling_rate=16000,
+                                                return_tensors="pt").input_features
+    tok = base.processor.tokenizer
+
+    def kl(model) -> float:
         total = 0.0
         for i, u in enumerate(clips):
             tok.set_prefix_tokens(language=u.language, task="transcribe")
@@ -169,8 +178,9 @@ def test_full_range_grid_keeps_real_whisper_base_closer_to_itself_on_real_speech
                 ref = base.model(input_features=features[i:i + 1], decoder_input_ids=ids).logits.log_softmax(-1)
                 got = model(input_features=features[i:i + 1], decoder_input_ids=ids).logits.log_softmax(-1)
             total += (ref.exp() * (ref - got)).sum(-1).mean().item()
-        kl[name] = total / len(clips)
-    assert kl["full"] < 0.9 * kl["restricted"], kl
+        return total / len(clips)
+
+    return kl
 
 
 @pytest.mark.integration
@@ -277,13 +287,7 @@ def test_real_whisper_base_embedding_rows_of_the_text_at_4_bits_follow_the_float
     """Real whisper-base, every matrix 3-bit and the token embedding 2-bit; the embedding rows of the real clips'
     transcripts at 4 bits cost 1 % more bytes and bring the teacher-forced next-token distributions on those
     clips closer to the float model's."""
-    from whisper_kdq.data.manifest import load_dataset
-
-    base = load_model("base")
-    clips = load_dataset(fixture_manifest).utterances
-    features = base.processor.feature_extractor([u.load() for u in clips], sampling_rate=16000,
-                                                return_tensors="pt").input_features
-    tok = base.processor.tokenizer
+    kl_to_base = _teacher_forced_kl(fixture_manifest)
     kl, size = {}, {}
     for name, flags in (("plain", []), ("rows", ["--embedding-rows-bits", "4", "--rows-from", str(fixture_manifest)])):
         out = tmp_path / f"{name}.safetensors"
@@ -291,15 +295,6 @@ def test_real_whisper_base_embedding_rows_of_the_text_at_4_bits_follow_the_float
                                      "--out", str(out), "--json", *flags])
         assert result.exit_code == 0, result.output
         size[name] = json.loads(result.stdout)["file_bytes"]
-        model = load_model(str(out)).model
-        total = 0.0
-        for i, u in enumerate(clips):
-            tok.set_prefix_tokens(language=u.language, task="transcribe")
-            ids = torch.tensor([tok(u.text).input_ids])
-            with torch.no_grad():
-                ref = base.model(input_features=features[i:i + 1], decoder_input_ids=ids).logits.log_softmax(-1)
-                got = model(input_features=features[i:i + 1], decoder_input_ids=ids).logits.log_softmax(-1)
-            total += (ref.exp() * (ref - got)).sum(-1).mean().item()
-        kl[name] = total / len(clips)
+        kl[name] = kl_to_base(load_model(str(out)).model)
     assert size["rows"] < 1.01 * size["plain"], size
     assert kl["rows"] < 0.9 * kl["plain"], kl

@@ -41,3 +41,18 @@ def test_build_keeps_the_encoder_and_spends_the_freed_bytes_on_the_decoder():
     assert resolved["model.decoder.layers.0.self_attn.q_proj.weight"].bits == 3
     assert resolved["model.decoder.embed_tokens.weight"].bits == 2
     assert resolved["model.encoder.layers.0.fc1.weight"].bits == 2
+
+
+def test_build_with_encoder_bits_replaces_the_encoder_rules():
+    model = tiny_model()
+    spec = {"scheme": "uniform", "bits": 3, "granularity": "group", "group_size": 32, "full_range": True}
+    base = {"default": spec, "rules": [{"pattern": r"^model\.encoder\.layers\.0\.fc1\.weight$", "bits": 2}],
+            "selection": {"units": []}}
+
+    def size_of(plan: dict) -> int:
+        return predict_packed(model, plan_from_dict({k: v for k, v in plan.items() if k != "row_split"}))["file_bytes"]
+
+    plan = row_split_plan.build(base, [0, 7], size_of, cold_bits=2, hot_bits=4, decoder_bits=3, encoder_bits=3)
+    resolved = plan_from_dict({k: v for k, v in plan.items() if k != "row_split"}).resolve(model.state_dict())
+    assert resolved["model.encoder.layers.0.fc1.weight"].bits == 3 and plan["row_split"]["encoder_bits"] == 3
+    assert plan["row_split"]["bytes"] <= plan["row_split"]["base_bytes"]
