@@ -80,6 +80,8 @@ def quantize(
                                                      embedding_rows_bits, calibration_split))
     state = loaded.model.state_dict()
     the_plan.splits(state)  # a bad row rule fails here, before any work
+    if embedding_rows_bits is not None and the_plan.resolve(state).get("model.decoder.embed_tokens.weight") is None:
+        raise UserError("--embedding-rows-bits: the token embedding is kept float; row bits apply to a quantized embedding")
     specs = the_plan.resolve(state)
     if save_plan is not None:
         the_plan.save(save_plan)

@@ -95,16 +95,16 @@ class Plan:
         return out
 
     def splits(self, state: dict[str, torch.Tensor]) -> dict:
-        """`{tensor name: RowSplit}` for every quantized tensor a row rule matches (the last match wins)."""
+        """`{tensor name: RowSplit}` for every quantized tensor a row rule matches (the last match wins). A tensor
+        the plan keeps float stays float: a plan restricted to part of a model (`distill --encoder-only`) keeps
+        its row rules."""
         from whisper_kdq.quant.rows import RowSplit
 
         out = {}
         for name, spec in self.resolve(state).items():
             rule = next((r for r in reversed(self.row_rules) if re.search(r.pattern, name)), None)
-            if rule is None:
+            if rule is None or spec is None:
                 continue
-            if spec is None:
-                raise UserError(f"plan.rows: {name} is kept float; row bits apply to quantized tensors only")
             if rule.rows and rule.rows[-1] >= state[name].shape[0]:
                 raise UserError(f"plan.rows: row {rule.rows[-1]} is out of range for {name} ({state[name].shape[0]} rows)")
             if rule.rows:
