@@ -1,6 +1,7 @@
 #!/bin/bash
 # 10.5x row-split plan with the encoder's 2-bit matrices at 3 bits: stage 1 (encoder regression QAT, 250 steps),
 # the stage-1 encoder with the float decoder on test (diagnosis), stage 2 (decoder, 200 steps), test.
+# 2026-12-02: run up to the diagnosis only (stage 2 was stopped for lack of session time).
 set -e
 cd /work/main
 O=runs/pipeline-w10-sel
