@@ -13,7 +13,7 @@ import lzma
 import struct
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,7 @@ from whisper_kdq.errors import CheckpointError
 from whisper_kdq.fileio import atomic_file, check_output
 from whisper_kdq.quant.packing import pack, packed_nbytes, unpack
 from whisper_kdq.quant.plan import Plan
-from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, quantize_split
+from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, quantize_split, stored_parts
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, quantize
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed", "quantized_copy"]
@@ -84,11 +84,7 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
             entries.append(Entry(name, "F32", tuple(t.shape), None if dry else (lambda t=t: t.detach().float().cpu())))
             continue
         split = splits.get(name)
-        # The parts: the tensor (all of it, or its unlisted rows) and, with a row split, the listed rows.
-        parts = [(name, spec, tuple(t.shape))]
-        if split is not None:
-            rest = tuple(t.shape[1:])
-            parts = [(name, spec, (t.shape[0] - len(split.rows), *rest)), (name + ROWS_SUFFIX, split.spec, (len(split.rows), *rest))]
+        parts = stored_parts(name, spec, tuple(t.shape), split)
         qmeta[name] = {**spec.as_dict(), "shape": list(t.shape), "groups": n_groups(parts[0][2], spec)}
         if split is not None:
             qmeta[name]["rows"] = {"bits": split.spec.bits, "count": len(split.rows), "groups": n_groups(parts[1][2], split.spec)}
@@ -329,24 +325,14 @@ def _spec(m: dict) -> QuantSpec:
                      bool(m.get("full_range", False)))  # absent in files written before it existed
 
 
-def _split(tensors: dict[str, torch.Tensor], name: str, m: dict) -> RowSplit | None:
-    if "rows" not in m:
-        return None
-    from dataclasses import replace
-
-    return RowSplit(tuple(tensors[name + ROWS_SUFFIX].tolist()), replace(_spec(m), bits=m["rows"]["bits"]))
-
-
 def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTensor]:
     """Every stored part: NAME (the whole tensor, or the rows a split does not list) and NAME::rows (the listed)."""
     out = {}
     for name, m in qmeta.items():
-        spec, shape, split = _spec(m), tuple(m["shape"]), _split(tensors, name, m)
-        parts = [(name, spec, shape)]
-        if split is not None:
-            k = len(split.rows)
-            parts = [(name, spec, (shape[0] - k, *shape[1:])), (name + ROWS_SUFFIX, split.spec, (k, *shape[1:]))]
-        for part, pspec, pshape in parts:
+        spec = _spec(m)
+        split = None if "rows" not in m else RowSplit(tuple(tensors[name + ROWS_SUFFIX].tolist()),
+                                                      replace(spec, bits=m["rows"]["bits"]))
+        for part, pspec, pshape in stored_parts(name, spec, tuple(m["shape"]), split):
             codes = unpack(tensors[f"{part}::codes"], pspec.bits, int(np.prod(pshape))).reshape(pshape)
             out[part] = QTensor(codes, tensors[f"{part}::scales"], tensors.get(f"{part}::offsets"), pspec, pshape,
                                 None if split is None or part == name else split.rows)
@@ -358,14 +344,14 @@ def unpack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tu
     qmeta = json.loads(meta["quantization"])
     state = {n: t for n, t in tensors.items() if "::" not in n and n != TOKENIZER_KEY}
     qs = _qtensors(tensors, qmeta)
-    for name, m in qmeta.items():
+    for name in qmeta:
         # The stored APoT table is authoritative: a reader needs no APoT code, only a lookup.
-        split, table = _split(tensors, name, m), tensors.get(f"{name}::table")
-        if split is None:
+        listed, table = qs.get(name + ROWS_SUFFIX), tensors.get(f"{name}::table")
+        if listed is None:
             state[name] = dequantize(qs[name], table=table)
         else:
-            part = name + ROWS_SUFFIX
-            state[name] = dequantize_split(qs[name], qs[part], split, table, tensors.get(f"{part}::table"))
+            state[name] = dequantize_split(qs[name], listed, RowSplit(listed.rows, listed.spec), table,
+                                           tensors.get(f"{name}{ROWS_SUFFIX}::table"))
     return state, qmeta
 
 

@@ -46,7 +46,22 @@ def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return x * g
 
 
-class FakeQuantWeight(nn.Module):
+class _Memoized(nn.Module):
+    """A parametrization whose value `_fake_quantize(w)` is computed once per `computed_once` context."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if _memo is not None and id(self) in _memo:
+            return _memo[id(self)]
+        out = self._fake_quantize(w)
+        if _memo is not None:
+            _memo[id(self)] = out
+        return out
+
+    def _fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FakeQuantWeight(_Memoized):
     """Parametrization: weight -> fake-quantized weight (STE), with a learnable per-group scale."""
 
     def __init__(self, weight: torch.Tensor, spec: QuantSpec, clip: str = "mse", grad_scaling: bool = True,
@@ -77,14 +92,6 @@ class FakeQuantWeight(nn.Module):
         pad = (-x.shape[1]) % self.spec.group_size
         return nn.functional.pad(x, (0, pad)).reshape(-1, self.spec.group_size)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if _memo is not None and id(self) in _memo:
-            return _memo[id(self)]
-        out = self._fake_quantize(w)
-        if _memo is not None:
-            _memo[id(self)] = out
-        return out
-
     def _fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
         x = self._groups(w)
         # Forward value: exactly the fp16 scale the file stores; gradient: LSQ-scaled, to self.scale.
@@ -105,7 +112,7 @@ class FakeQuantWeight(nn.Module):
         return out.reshape(rows, -1)[:, : w[0].numel()].reshape(self.shape)
 
 
-class RowSplitFakeQuant(nn.Module):
+class RowSplitFakeQuant(_Memoized):
     """Parametrization of a row-split weight: the listed rows and the others fake-quantized each as a matrix
     of their own (two `FakeQuantWeight`s, `listed` and `others`), as the packed file stores them."""
 
@@ -117,14 +124,9 @@ class RowSplitFakeQuant(nn.Module):
         self.listed = FakeQuantWeight(listed, split.spec, clip, grad_scaling, listed_params)
         self.others = FakeQuantWeight(others, spec, clip, grad_scaling, params)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if _memo is not None and id(self) in _memo:
-            return _memo[id(self)]
+    def _fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
         listed, others = split_rows(w, self.split)
-        out = merge_rows(self.listed._fake_quantize(listed), self.others._fake_quantize(others), self.split)
-        if _memo is not None:
-            _memo[id(self)] = out
-        return out
+        return merge_rows(self.listed._fake_quantize(listed), self.others._fake_quantize(others), self.split)
 
 
 def _params(q: QTensor | None) -> tuple | None:

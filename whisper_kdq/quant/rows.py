@@ -17,7 +17,7 @@ import torch
 
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, quantize
 
-__all__ = ["RowSplit", "split_rows", "merge_rows", "quantize_split", "dequantize_split", "token_rows",
+__all__ = ["RowSplit", "stored_parts", "split_rows", "merge_rows", "quantize_split", "dequantize_split", "token_rows",
            "embedding_row_rule"]
 
 ROWS_SUFFIX = "::rows"  # the listed rows' part of tensor NAME is named NAME::rows (codes: NAME::rows::codes)
@@ -34,6 +34,16 @@ class RowSplit:
         keep = torch.ones(n_rows, dtype=torch.bool, device=device)
         keep[listed] = False
         return listed, keep.nonzero()[:, 0]
+
+
+def stored_parts(name: str, spec: QuantSpec, shape: tuple[int, ...],
+                 split: RowSplit | None) -> list[tuple[str, QuantSpec, tuple[int, ...]]]:
+    """(part name, spec, shape) of what the packed file stores for tensor `name`: the whole tensor, or with a
+    row split its unlisted rows (as NAME) and its listed rows (as NAME::rows)."""
+    if split is None:
+        return [(name, spec, tuple(shape))]
+    k, rest = len(split.rows), tuple(shape[1:])
+    return [(name, spec, (shape[0] - k, *rest)), (name + ROWS_SUFFIX, split.spec, (k, *rest))]
 
 
 def split_rows(w: torch.Tensor, split: RowSplit) -> tuple[torch.Tensor, torch.Tensor]:
