@@ -120,6 +120,21 @@ def test_teacher_cache_file_serves_later_runs(tiny_model_dir, fixture_manifest, 
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
 
 
+def test_speed_perturbed_copies_train_beside_their_clips(tiny_model_dir, fixture_manifest, tmp_path):
+    """`--speed-perturb 1.1`: an epoch (6 steps of 2) meets every clip and its faster copy, whose teacher
+    outputs are cached by their own ids; the run records the factor."""
+    from whisper_kdq.data.augment import copy_id
+
+    cache = tmp_path / "teacher.pt"
+    result = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "a"), "--freeze-encoder", "--steps", "6",
+                                 "--teacher-cache", str(cache), "--speed-perturb", "1.1", "--json"])
+    assert result.exit_code == 0, result.output
+    saved = torch.load(cache, weights_only=False)["encoder_out"]
+    ids = [json.loads(line)["id"] for line in fixture_manifest.read_text().splitlines()]
+    assert set(saved) == set(ids) | {copy_id(i, 1.1) for i in ids}
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["speed_perturb"] == [1.1]
+
+
 def test_pretrained_narrower_student_learns_through_projections(tiny_model_dir, fixture_manifest, tmp_path):
     from tests.conftest import tiny_model, tiny_processor_obj
 

@@ -209,3 +209,25 @@ def test_quantization_aware_whisper_base_encoder_then_decoder(fixture_manifest, 
     assert any(n.startswith("model.decoder.") for n in after_decoder)
     for name, q in codes.items():
         assert torch.equal(after_decoder[name].codes, q.codes) and torch.equal(after_decoder[name].scales, q.scales)
+
+
+def test_encoder_only_with_speed_perturbed_copies(teacher4, fixture_manifest, tmp_path):
+    """`--speed-perturb`: every clip also trains at each speed (targets computed for the copies too); the run
+    records the factors, so the same run resumes and other factors in the same directory are refused."""
+    from whisper_kdq.data.augment import copy_id
+
+    run = tmp_path / "run"
+    args = _args(teacher4, fixture_manifest, run, "--student-encoder-map", "0,3", "--steps", "2", "--save-every", "2",
+                 "--speed-perturb", "0.9,1.1", "--json")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = torch.load(run / "targets.pt", weights_only=True)["rows"]
+    ids = [json.loads(line)["id"] for line in fixture_manifest.read_text().splitlines()]
+    assert set(rows) == {i for uid in ids for i in (uid, copy_id(uid, 0.9), copy_id(uid, 1.1))}
+    # A copy 1.1 times faster has fewer audio frames than its clip.
+    assert rows[copy_id(ids[0], 1.1)][2] < rows[ids[0]][2]
+    assert runner.invoke(app, args).exit_code == 0
+    other = runner.invoke(app, [*args[:-2], "1.2", "--json"])
+    assert other.exit_code == 2 and "holds a different run" in other.output
+    bad = runner.invoke(app, [*args[:-2], "1", "--json"])
+    assert bad.exit_code == 2 and "--speed-perturb" in bad.output

@@ -65,6 +65,7 @@ def distill(
     eval_every: int = typer.Option(0, help="Evaluate on dev every N steps (0: at the end only)."),
     top_k: int = typer.Option(64, help="Teacher log-probs cached per position."),
     teacher_cache: Optional[Path] = typer.Option(None, help="File keeping the teacher's outputs for later runs on the same data."),
+    speed_perturb: Optional[str] = typer.Option(None, "--speed-perturb", help="Add a copy of every training clip played at each of these speeds, e.g. 0.9,1.1 (pitch and formants move with it: more voices from the same clips; copies that outgrow the window are left out)."),
     window: Optional[float] = typer.Option(None, "--window", help="Train (and evaluate on dev) reading S-second audio windows instead of 30 s: far less encoder work on short clips. Every clip must fit; the saved model is a standard Whisper model (decode it with `evaluate --window S`). With --encoder-only: the targets are computed at that window."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on CUDA)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the student, layer map and loss plan; train nothing."),
@@ -72,11 +73,13 @@ def distill(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Distil TEACHER into a smaller student on DATA; re-run the same command to resume."""
+    from whisper_kdq.data.augment import parse_factors
     from whisper_kdq.distill import DistillRequest, LossWeights, StudentSpec, TrainConfig, describe, run_distillation
     from whisper_kdq.models.refs import load_model
     from whisper_kdq.models.students import make_student, parse_map
 
     dev_name = resolve_device(device)
+    factors = None if speed_perturb is None else parse_factors(speed_perturb)
     if window is not None:
         from whisper_kdq.evaluate.window import window_or_none, window_positions
 
@@ -104,7 +107,7 @@ def distill(
                        parse_map(student_decoder_map, t.model.config.decoder_layers, "decoder"), freeze_encoder)
     request = DistillRequest(teacher, spec, weights, cfg, plan_dict, pseudo_label, pseudo_label_max_wer,
                              str(data), None if eval_data is None else str(eval_data),
-                             start)
+                             start, factors)
     if encoder_only:
         return _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit, out, force, as_json,
                              frozen_encoder_layers, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
@@ -113,10 +116,10 @@ def distill(
                              plan=plan_dict, qat_init=start,
                              conflicts={"--qat-init packed": qat_init == "packed", "--student": student is not None,
                                         "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
-                             targets_file=teacher_cache, device=dev_name, window_s=window)
+                             targets_file=teacher_cache, device=dev_name, window_s=window, speed=factors)
     if dry_run:
         return _show(describe(make_student(t, spec, dev_name), t, request), as_json)
-    train, dev = _datasets(data, split, limit, eval_data, eval_split, eval_limit)
+    train, dev = _datasets(data, split, limit, eval_data, eval_split, eval_limit, factors, window)
     summary = _train_with_progress(request, train, dev, out, force, t, as_json)
     if as_json:
         print_json(summary)
@@ -133,14 +136,17 @@ def _show(info: dict, as_json: bool) -> None:
         console.print_json(json.dumps(info))
 
 
-def _datasets(data, split, limit, eval_data, eval_split, eval_limit):
-    """(training set, dev set or None); an empty training set is a one-line error."""
+def _datasets(data, split, limit, eval_data, eval_split, eval_limit, speed=None, window_s=None):
+    """(training set with its `speed` copies, dev set or None); an empty training set is a one-line error."""
+    from whisper_kdq.data.augment import with_speed_copies
     from whisper_kdq.data.manifest import load_dataset
 
     train = load_dataset(data, split=split, limit=limit)
     dev = load_dataset(eval_data, split=eval_split, limit=eval_limit) if eval_data else None
     if not len(train):
         raise UserError(f"{data}: no training utterances" + (f" in split {split!r}" if split else ""))
+    if speed:
+        train = with_speed_copies(train, speed, window_s or 30.0)
     return train, dev
 
 
@@ -214,7 +220,8 @@ def on_status(bar, task, message: str) -> None:
 
 
 def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit, out, force, as_json,
-                  frozen: int, *, dry_run: bool, conflicts: dict, targets_file, device: str, **settings) -> None:
+                  frozen: int, *, dry_run: bool, conflicts: dict, targets_file, device: str, speed: list[float] | None,
+                  **settings) -> None:
     """`distill --encoder-only`: the cut encoder trained by regression (whisper_kdq.distill.encoder_trainer)."""
     from whisper_kdq.distill.encoder import EncoderCut
     from whisper_kdq.distill.encoder_trainer import EncoderTraining
@@ -235,9 +242,9 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
     if dry_run:
         return _show({"encoder_map": cut.encoder_map, "frozen": cut.frozen, "trained_from": cut.init,
                       "imitates": cut.targets, "decoder_map": dec, "training": settings}, as_json)
-    train, dev = _datasets(data, split, limit, eval_data, eval_split, eval_limit)
+    train, dev = _datasets(data, split, limit, eval_data, eval_split, eval_limit, speed, settings["window_s"])
     request = {"teacher": t.ref, "data": str(data), "split": split, "limit": limit, "eval_data": str(eval_data),
-               "eval_split": eval_split}
+               "eval_split": eval_split, **({"speed_perturb": speed} if speed else {})}
     summary = _fit_encoder(t, cut, dec, train, dev, out, EncoderTraining(**settings, device=device), force, request,
                            targets_file, as_json)
     if as_json:

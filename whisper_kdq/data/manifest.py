@@ -36,16 +36,23 @@ class Utterance:
     samples: np.ndarray | None = field(default=None, repr=False, compare=False)
     split: str | None = None
     source: str = ""  # "manifest.jsonl:12" — where to look when something is wrong
+    speed: float = 1.0  # played this many times faster (data.augment): a perturbed copy of the clip
 
     def load(self) -> np.ndarray:
         """16 kHz mono float32 samples."""
         if self.samples is not None:
-            return self.samples
-        assert self.audio is not None
-        try:
-            return load_audio(self.audio)
-        except AudioError as exc:
-            raise AudioError(f"{self.source}: {exc}") from None
+            samples = self.samples
+        else:
+            assert self.audio is not None
+            try:
+                samples = load_audio(self.audio)
+            except AudioError as exc:
+                raise AudioError(f"{self.source}: {exc}") from None
+        if self.speed != 1.0:
+            from whisper_kdq.data.augment import speed_perturb
+
+            samples = speed_perturb(samples, self.speed)
+        return samples
 
 
 @dataclass

@@ -34,12 +34,13 @@ class DistillRequest:
     data: str = ""
     eval_data: str | None = None
     qat_init: str | None = None  # starting codes of the planned weights: None (clip search + nearest), gptq, packed
+    speed_perturb: list[float] | None = None  # speed-perturbed copies of the training clips (data.augment)
 
     def as_dict(self) -> dict:
         return {"teacher": self.teacher, "student": self.student.as_dict(), "weights": asdict(self.weights),
                 **{k: v for k, v in asdict(self.train).items()}, "plan": self.plan, "pseudo_label": self.pseudo_label,
                 "pseudo_label_max_wer": self.pseudo_label_max_wer, "data": self.data, "eval_data": self.eval_data,
-                "qat_init": self.qat_init}
+                "qat_init": self.qat_init, **({"speed_perturb": self.speed_perturb} if self.speed_perturb else {})}
 
 
 def describe(student: Student, teacher: LoadedModel, request: DistillRequest) -> dict:
