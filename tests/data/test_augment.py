@@ -52,3 +52,29 @@ def test_copies_of_in_memory_clips():
     clip = Utterance("a", "x", "en", samples=np.zeros(SAMPLE_RATE, dtype=np.float32))
     out = with_speed_copies(Dataset([clip]), [0.5])
     assert [u.id for u in out.utterances] == ["a", copy_id("a", 0.5)] and len(out.utterances[1].load()) == 2 * SAMPLE_RATE
+
+
+@pytest.mark.integration
+def test_whisper_base_still_reads_speed_perturbed_real_speech(fixture_manifest):
+    """Real whisper-base, real kokoro speech: the copies are still speech to the teacher (what training on them
+    needs), and they are other audio: the teacher's encoder output moves."""
+    import torch
+
+    from whisper_kdq.distill.data import FeatureMemo
+    from whisper_kdq.evaluate import evaluate_model
+    from whisper_kdq.models.refs import load_model
+
+    teacher = load_model("base")
+    ja = load_dataset(fixture_manifest)
+    ja = Dataset([u for u in ja.utterances if u.language == "ja"])
+    copies = with_speed_copies(ja, [0.9, 1.1])
+    for factor in (0.9, 1.1):
+        subset = Dataset([u for u in copies.utterances if u.id.endswith(f"speed{factor:g}")])
+        assert len(subset.utterances) == 3
+        cer = evaluate_model(teacher, subset)["languages"]["ja"]["cer"]
+        assert cer < 0.25, (factor, cer)
+    memo = FeatureMemo(teacher.processor)
+    feats, _ = memo(copies.utterances[:1] + copies.utterances[3:4])
+    with torch.no_grad():
+        out = teacher.model.model.encoder(feats).last_hidden_state
+    assert (out[0] - out[1]).norm() > 0.1 * out[0].norm()
