@@ -382,6 +382,7 @@ def test_window_training_reads_short_windows_and_saves_a_whole_model(tiny_model_
     assert state[positions].shape == end[positions].shape == (1500, 64)  # the whole table, not the window's
     assert torch.equal(end[positions], start[positions])
     assert json.loads((run / "model" / "config.json").read_text())["max_source_positions"] == 1500
+    assert json.loads((run / "model" / "generation_config.json").read_text())["whisper_kdq_trained_window_s"] == 3.0
     assert not torch.equal(start["model.encoder.layers.1.fc1.weight"], end["model.encoder.layers.0.fc1.weight"])
     # The cache file of the 3-s run is refused by a 30-s run, in one line.
     other = runner.invoke(app, [*_args(tiny_model_dir, fixture_manifest, tmp_path / "w30"), "--steps", "1",

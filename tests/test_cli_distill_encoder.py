@@ -89,6 +89,9 @@ def test_encoder_only_at_a_short_window(teacher4, fixture_manifest, tmp_path):
     student = load_model(summary["model"]).model
     teacher = load_model(str(teacher4)).model
     assert student.model.encoder.embed_positions.weight.shape == teacher.model.encoder.embed_positions.weight.shape
+    from whisper_kdq.evaluate.window import trained_window
+
+    assert trained_window(student) == 3.0 and trained_window(teacher) is None  # evaluate says so at 30 s
     # The same run directory at another window is another run; the targets file says which window it holds.
     other = runner.invoke(app, [*args[:-1], "--window", "4"])
     assert other.exit_code == 2 and "holds a different run" in other.output

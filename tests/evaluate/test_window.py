@@ -38,6 +38,32 @@ def test_how_runs_record_and_name_a_window():
     assert window_name(None) == "Whisper's 30-s window" and window_name(2.5) == "a 2.5-s window"
 
 
+def test_a_trained_window_survives_packing_and_evaluate_reports_it(tmp_path, fixture_manifest):
+    """The window a model trained on rides in its generation config: through a packed checkpoint, into
+    `evaluate --json`, and a note when it decodes another window."""
+    from tests.conftest import tiny_processor_obj
+    from whisper_kdq.evaluate.window import record_trained_window, trained_window
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.quant.checkpoint import save_packed
+    from whisper_kdq.quant.plan import plan_from_options
+
+    model = tiny_model()
+    assert trained_window(model) is None
+    record_trained_window(model, 3)
+    out = tmp_path / "m.safetensors"
+    save_packed(out, model, tiny_processor_obj(), plan_from_options(bits=4))
+    assert trained_window(load_model(str(out)).model) == 3.0
+    args = ["evaluate", "--model", str(out), "--data", str(fixture_manifest), "--limit", "2", "--device", "cpu", "--json"]
+    at_30 = runner.invoke(app, args)
+    assert at_30.exit_code == 0, at_30.output
+    assert json.loads(at_30.stdout)["models"][0]["trained_window_s"] == 3.0
+    assert "trained on 3-s windows" in at_30.stderr and "--window 3" in at_30.stderr
+    at_3 = runner.invoke(app, [*args, "--window", "3"])
+    assert at_3.exit_code == 0 and "trained on" not in at_3.stderr
+    record_trained_window(model, None)
+    assert trained_window(model) is None
+
+
 def test_windowed_extractor_pads_to_the_window_and_leaves_the_original(tiny_processor):
     original = tiny_processor.feature_extractor
     short = windowed_extractor(original, 4)

@@ -58,6 +58,10 @@ def evaluate(
                                           device=device, engine=engine, compute_type=compute_type, fallback=fallback, window_s=window,
                                           progress=lambda n: bar.advance(task, n)))
         del loaded
+        trained, used = results[-1].get("trained_window_s"), results[-1]["decoding"]["window_s"]
+        if trained is not None and trained != used:
+            console.print(f"[yellow]note:[/] {ref} was trained on {trained:g}-s windows and decoded here at {used:g} s; "
+                          f"--window {trained:g} decodes it as trained", highlight=False)
     if predictions is not None:
         lines = [json.dumps({"model": r["model"], **p}, ensure_ascii=False) for r in results for p in r["predictions"]]
         write_text_atomic(predictions, "\n".join(lines) + "\n")

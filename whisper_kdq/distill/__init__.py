@@ -122,6 +122,9 @@ def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | Non
         if hooks.finalize is not None:
             summary.update(hooks.finalize(model, student.loaded.processor, out) or {})
         else:
+            from whisper_kdq.evaluate.window import record_trained_window
+
+            record_trained_window(model, request.train.window_s)
             summary.update(_save_final(model, student, plan, out))
         summary["layer_map"] = student.layer_map()
         write_json(out / "summary.json", summary)

@@ -166,7 +166,7 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
     from whisper_kdq.export import save_transformers_dir
     from whisper_kdq.fileio import atomic_dir
 
-    from whisper_kdq.evaluate.window import window_or_none
+    from whisper_kdq.evaluate.window import record_trained_window, window_or_none
 
     status = on_status or (lambda _: None)
     out = Path(out)
@@ -191,6 +191,7 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
         status(f"resuming from {last.name}")
         trainer.restore(last)
     summary = trainer.fit(on_step)
+    record_trained_window(student.model, settings.window_s)
     if plan is not None:
         from whisper_kdq.quant.fake import convert_to_packed
 

@@ -13,7 +13,7 @@ from whisper_kdq.data.manifest import Dataset
 from whisper_kdq.errors import UserError
 from whisper_kdq.evaluate.decode import Transcripts, transcribe, transcribe_ct2
 from whisper_kdq.evaluate.metrics import normalizer_for, score
-from whisper_kdq.evaluate.window import FULL_WINDOW_S
+from whisper_kdq.evaluate.window import FULL_WINDOW_S, trained_window
 from whisper_kdq.models.refs import LoadedModel
 
 ENGINES = ("transformers", "ctranslate2")
@@ -51,8 +51,10 @@ def evaluate_model(
                              window_s=window_s, progress=progress)
     else:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    trained = trained_window(loaded.model) if loaded.model is not None else None
     return {**_report(loaded, dataset, out, engine), "decoding": {"beam_size": beam_size, "fallback": fallback,
-                                                           "window_s": window_s or FULL_WINDOW_S}}
+                                                           "window_s": window_s or FULL_WINDOW_S},
+            **({"trained_window_s": trained} if trained is not None else {})}
 
 
 def _report(loaded: LoadedModel, dataset: Dataset, out: Transcripts, engine: str) -> dict:

@@ -81,3 +81,24 @@ def audio_window(model, seconds: float) -> Iterator[None]:
         for c, n in zip(configs, saved[1]):
             c.max_source_positions = n
         encoder.max_source_positions = saved[2]
+
+
+# A model trained on S-second windows (`distill --window S`) records S in its generation config, which packed
+# checkpoints and transformers directories both keep: `evaluate` reports it and says so when it decodes
+# another window (such a model can read 30 s far worse than its window: docs/BENCHMARKS.md).
+TRAINED_WINDOW_KEY = "whisper_kdq_trained_window_s"
+
+
+def record_trained_window(model, seconds: float | None) -> None:
+    """Note on `model` (a WhisperForConditionalGeneration) the window it was trained on; None: Whisper's own."""
+    if seconds is None:
+        if hasattr(model.generation_config, TRAINED_WINDOW_KEY):
+            delattr(model.generation_config, TRAINED_WINDOW_KEY)
+        return
+    setattr(model.generation_config, TRAINED_WINDOW_KEY, float(seconds))
+
+
+def trained_window(model) -> float | None:
+    """The window `model` was trained on, as recorded; None where nothing is (Whisper's 30 s)."""
+    value = getattr(getattr(model, "generation_config", None), TRAINED_WINDOW_KEY, None)
+    return None if value is None else float(value)
