@@ -94,3 +94,22 @@ def test_full_range_8_bit_codes_are_not_ctranslate2_int8(tiny_model_dir, tmp_pat
                                      "--out", str(packed), *flags])
         assert result.exit_code == 0, result.output
         assert ct2_precision(load_model(str(packed)))[0] == precision
+
+
+def test_a_model_trained_on_short_windows_says_so_when_exported_for_ctranslate2(tmp_path):
+    """The trained window rides along in a transformers export; a CTranslate2 export, which has no place for it,
+    gets a note (faster-whisper reads 30 s) and the JSON names it."""
+    from tests.conftest import tiny_model, tiny_processor_obj
+    from whisper_kdq.evaluate.window import record_trained_window, trained_window
+
+    src = tmp_path / "src"
+    model = tiny_model()
+    record_trained_window(model, 10)
+    model.save_pretrained(src)
+    tiny_processor_obj().save_pretrained(src)
+    hf = runner.invoke(app, ["export", "--model", str(src), "--format", "hf", "--out", str(tmp_path / "hf"), "--json"])
+    assert hf.exit_code == 0, hf.output
+    assert trained_window(load_model(str(tmp_path / "hf")).model) == 10.0 and "note:" not in hf.stderr
+    ct2 = runner.invoke(app, ["export", "--model", str(src), "--format", "ct2", "--out", str(tmp_path / "ct2"), "--json"])
+    assert ct2.exit_code == 0, ct2.output
+    assert json.loads(ct2.stdout)["trained_window_s"] == 10.0 and "trained on 10-s windows" in ct2.stderr

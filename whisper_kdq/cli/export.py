@@ -34,8 +34,15 @@ def export(
         plan_obj = load_plan(plan)
     with console.status(f"exporting {model} as {fmt}"):
         result = export_model(loaded, fmt, out, force=force, ct2_quantization=ct2_quantization, plan=plan_obj)
+    from whisper_kdq.evaluate.window import trained_window
+
+    window = trained_window(loaded.model)
+    if window is not None and fmt == "ct2":  # transformers and packed outputs keep the record; CTranslate2 has none
+        console.print(f"[yellow]note:[/] {model} was trained on {window:g}-s windows; CTranslate2 and faster-whisper "
+                      f"read 30 s unless told otherwise (`evaluate --engine ctranslate2 --window {window:g}` reads it as "
+                      "trained)", highlight=False)
     if as_json:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), **({"trained_window_s": window} if window is not None else {})})
     else:
         console.print(f"wrote {result.out} ({result.size_bytes / 1e6:.1f} MB, {result.precision}: {result.reason}); "
                       f"re-load check max logit diff {result.max_logit_diff:.2e}")
