@@ -87,11 +87,15 @@ def main() -> None:
     ap.add_argument("--hot-bits", type=int, default=4)
     ap.add_argument("--decoder-bits", type=int, default=3)
     ap.add_argument("--encoder-bits", type=int, help="every encoder block matrix at these bits (default: the base plan's)")
+    ap.add_argument("--first-tokens", type=int, default=0,
+                    help="token ids below N join the hot rows too: the tokenizer's earliest merges, its most frequent "
+                         "tokens, for words the calibration transcripts lack")
     ap.add_argument("--encoder-from", type=Path, help="stage-1 packed file whose encoder the student keeps")
     ap.add_argument("--student-out", type=Path, help="where the composed student goes (with --encoder-from)")
     args = ap.parse_args()
     teacher = load_model(args.teacher)
     rows = token_rows(teacher.processor.tokenizer, load_dataset(args.calibration, check_audio=False).utterances)
+    rows = sorted(set(rows) | set(range(args.first_tokens)))
 
     def size_of(plan: dict) -> int:
         clean = {k: v for k, v in plan.items() if k != "row_split"}
