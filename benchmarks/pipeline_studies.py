@@ -94,6 +94,10 @@ class Studies:
             "encoder QAT by regression then decoder CE 0.3+KD+QAT 3/4-bit, embedding rows 4/2-bit (10.5x; best on dev)":
                 lambda: self._row_split_qat("teacher-qat-rows-10.5x", self._full_range(self._guided_10x_plan()),
                                             "teacher-qat-guided-23-10.5x-full"),
+            # ... its decoder stage also on every training clip at 0.9x and 1.1x speed (distill --speed-perturb).
+            "encoder QAT by regression then decoder CE 0.3+KD+QAT 3/4-bit, embedding rows 4/2-bit, speed-perturbed (10.5x)":
+                lambda: self._row_split_qat("teacher-qat-rows-10.5x-sp", self._full_range(self._guided_10x_plan()),
+                                            "teacher-qat-guided-23-10.5x-full", "--speed-perturb", "0.9,1.1"),
         }
 
     def _regressed_encoder_qat(self, name: str, plan: str) -> tuple[dict, float]:
@@ -105,7 +109,7 @@ class Studies:
         model, wall = self._decoder_stage(name, plan, enc["model"])
         return self.evaluate(model), enc["wall_s"] + wall
 
-    def _row_split_qat(self, name: str, base_plan: str, encoder_of: str) -> tuple[dict, float]:
+    def _row_split_qat(self, name: str, base_plan: str, encoder_of: str, *extra: str) -> tuple[dict, float]:
         """`_regressed_encoder_qat`'s encoder stage on `base_plan` (shared with the row `encoder_of`), then a plan of
         the same bytes with the embedding row-split and the decoder raised (`row_split_plan.build`), and the decoder
         stage from the teacher's float decoder quantized by it, on that encoder (`row_split_plan.compose_student`)."""
@@ -131,7 +135,7 @@ class Studies:
             data["selection"] = {**data.get("selection", {}), "row_split": data.pop("row_split")}
             plan.write_text(json.dumps(data, indent=2) + "\n")
             compose_student(teacher, Path(enc["model"]), load_plan(plan), start)
-        model, wall = self._decoder_stage(name, str(plan), str(start))
+        model, wall = self._decoder_stage(name, str(plan), str(start), *extra)
         return self.evaluate(model), enc["wall_s"] + wall
 
     def _encoder_stage(self, name: str, plan: str) -> dict:
@@ -144,10 +148,10 @@ class Studies:
                        "--teacher-cache", str(self.out / f"encoder-targets-front{self._window_tag()}.pt"),
                        *(["--window", f"{a.train_window:g}"] if a.train_window else []), "--device", a.device)
 
-    def _decoder_stage(self, name: str, plan: str, student: str) -> tuple[str, float]:
+    def _decoder_stage(self, name: str, plan: str, student: str, *extra: str) -> tuple[str, float]:
         dev = ["--eval-data", str(self.manifest), "--eval-split", "dev", "--eval-every", str(max(1, self.a.steps // 3))]
         return self.distill(name, "--ce", "0.3", "--kd", "1", "--hidden", "1", "--matching", "static", "--plan", plan,
-                            "--qat-init", "packed", *dev, student=student, lr=self.a.qat_lr)
+                            "--qat-init", "packed", *dev, *extra, student=student, lr=self.a.qat_lr)
 
     def _guided_10x_plan(self, full_range: bool = False) -> str:
         """The GPU study's plan (benchmarks/gpu_study.py): guided per weight matrix at 2/3 bits, positions 8-bit,

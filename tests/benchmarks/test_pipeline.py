@@ -94,5 +94,12 @@ def test_row_split_row_shares_the_full_range_encoder_and_trains_the_decoder_from
     assert encoder[encoder.index("--out") + 1].endswith("shared-encoder") and encoder[encoder.index("--plan") + 1] == "plan-full.json"
     assert decoder[decoder.index("--student") + 1].endswith("r-start.safetensors")
     assert decoder[decoder.index("--plan") + 1].endswith("plan-r.json") and decoder[decoder.index("--out") + 1].endswith("/r")
-    assert row == {"model": "m"} and wall == 2.0
+    assert row == {"model": "m"} and wall == 2.0 and "--speed-perturb" not in decoder
     assert any("embedding rows 4/2-bit" in name for name in p.rows())
+    # The speed-perturbed row: the same stages, its decoder stage on 0.9x and 1.1x copies too.
+    calls.clear()
+    (p.out / "s-start.safetensors").write_bytes(b"")
+    p._row_split_qat("s", "plan-full.json", "shared", "--speed-perturb", "0.9,1.1")
+    decoder = calls[-1]
+    assert decoder[decoder.index("--speed-perturb") + 1] == "0.9,1.1" and decoder[decoder.index("--out") + 1].endswith("/s")
+    assert any("speed-perturbed" in name for name in p.rows())
