@@ -20,3 +20,4 @@ $PY -m whisper_kdq evaluate --model $O/$N/model.safetensors --data corpus/manife
   --predictions logs/preds/e3-w$w.jsonl --force --json > logs/preds/e3-w$w.json
 echo "test w$w done $(date)"
 done
+python benchmarks/encoder_distance.py --splits dev,test --window 10 runs/pipeline-w10-sel/teacher-qat-guided-23-10.5x-full-encoder/model.safetensors runs/pipeline-w10-sel/teacher-qat-rows-e3-10.5x-encoder/model.safetensors --json benchmarks/results/rows-e3-2026-12-02/encoder-distance-w10.json
