@@ -119,12 +119,12 @@ def run_distillation(request: DistillRequest, train: Dataset, dev: Dataset | Non
     summary = trainer.fit(on_step)
     model = trainer.best_model()
     if trainer.acc.is_main_process:
+        from whisper_kdq.evaluate.window import record_trained_window
+
+        record_trained_window(model, request.train.window_s)  # whoever saves the student saves its window too
         if hooks.finalize is not None:
             summary.update(hooks.finalize(model, student.loaded.processor, out) or {})
         else:
-            from whisper_kdq.evaluate.window import record_trained_window
-
-            record_trained_window(model, request.train.window_s)
             summary.update(_save_final(model, student, plan, out))
         summary["layer_map"] = student.layer_map()
         write_json(out / "summary.json", summary)

@@ -51,7 +51,7 @@ def evaluate_model(
                              window_s=window_s, progress=progress)
     else:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    trained = trained_window(loaded.model) if loaded.model is not None else None
+    trained = trained_window(loaded.model)  # None for a model without the record (or without a torch model)
     return {**_report(loaded, dataset, out, engine), "decoding": {"beam_size": beam_size, "fallback": fallback,
                                                            "window_s": window_s or FULL_WINDOW_S},
             **({"trained_window_s": trained} if trained is not None else {})}

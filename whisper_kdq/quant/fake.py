@@ -9,6 +9,7 @@ the packed checkpoint with the learned scales, so its logits equal the fake-quan
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from contextlib import contextmanager
@@ -46,8 +47,9 @@ def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return x * g
 
 
-class _Memoized(nn.Module):
-    """A parametrization whose value `_fake_quantize(w)` is computed once per `computed_once` context."""
+class _Memoized(nn.Module, abc.ABC):
+    """A parametrization whose value `_fake_quantize(w)` is computed once per `computed_once` context
+    (an abstract base: `FakeQuantWeight` and `RowSplitFakeQuant` say how)."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if _memo is not None and id(self) in _memo:
@@ -57,8 +59,9 @@ class _Memoized(nn.Module):
             _memo[id(self)] = out
         return out
 
+    @abc.abstractmethod
     def _fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The fake-quantized weight (straight-through gradients)."""
 
 
 class FakeQuantWeight(_Memoized):
