@@ -31,10 +31,11 @@ ENCODER = r"^model\.encoder\.layers"
 
 
 def build(base: dict, rows: list[int], size_of, *, cold_bits: int, hot_bits: int, decoder_bits: int,
-          encoder_bits: int | None = None) -> dict:
+          encoder_bits: int | None = None, budget: int | None = None) -> dict:
     """The plan (a dict) and the sizes it was fitted to, recorded under `row_split`. `encoder_bits`: every
-    encoder block matrix at these bits instead of the base plan's (then the encoder must be trained anew)."""
-    budget = size_of(base)
+    encoder block matrix at these bits instead of the base plan's (then the encoder must be trained anew).
+    `budget`: the file's bytes at most (default: the base plan's file)."""
+    budget = size_of(base) if budget is None else budget
     plan = copy.deepcopy(base)
     replaced = (DECODER, EMBEDDING) + ((ENCODER,) if encoder_bits is not None else ())
     plan["rules"] = [r for r in plan["rules"] if not r["pattern"].startswith(replaced)]
@@ -55,6 +56,24 @@ def build(base: dict, rows: list[int], size_of, *, cold_bits: int, hot_bits: int
     plan["row_split"] = {"base_bytes": budget, "bytes": size_of(plan), "rows": len(rows), "cold_bits": cold_bits,
                          "hot_bits": hot_bits, "decoder_bits": decoder_bits, "encoder_bits": encoder_bits, "raised": raised}
     return plan
+
+
+def common_word_rows(tokenizer, language: str, n: int) -> set[int]:
+    """Token rows of the `n` most frequent words of `language` (wordfreq's lists, from large general text, not
+    our corpus), each as Whisper's text has it mid-sentence and capitalized (after a space where the language
+    spaces its words)."""
+    try:
+        from wordfreq import top_n_list
+    except ImportError:
+        raise SystemExit("--common-words needs `pip install wordfreq` (extra: bench)") from None
+    from whisper_kdq.distill.data import NO_SPACE_LANGUAGES
+
+    space = "" if language in NO_SPACE_LANGUAGES else " "
+    rows: set[int] = set()
+    for word in top_n_list(language, n):
+        for form in {word, word[:1].upper() + word[1:]}:
+            rows.update(tokenizer.encode(space + form, add_special_tokens=False))
+    return rows
 
 
 def compose_student(teacher, encoder_from: Path, plan, out: Path) -> dict:
@@ -90,19 +109,27 @@ def main() -> None:
     ap.add_argument("--first-tokens", type=int, default=0,
                     help="token ids below N join the hot rows too: the tokenizer's earliest merges, its most frequent "
                          "tokens, for words the calibration transcripts lack")
+    ap.add_argument("--common-words", action="append", default=[], metavar="LANG:N",
+                    help="the tokens of LANG's N most frequent words (wordfreq) join the hot rows (repeatable)")
+    ap.add_argument("--ratio", type=float, help="fit the file to 4 x params / RATIO bytes (default: the base plan's size)")
     ap.add_argument("--encoder-from", type=Path, help="stage-1 packed file whose encoder the student keeps")
     ap.add_argument("--student-out", type=Path, help="where the composed student goes (with --encoder-from)")
     args = ap.parse_args()
     teacher = load_model(args.teacher)
     rows = token_rows(teacher.processor.tokenizer, load_dataset(args.calibration, check_audio=False).utterances)
-    rows = sorted(set(rows) | set(range(args.first_tokens)))
+    rows = set(rows) | set(range(args.first_tokens))
+    for item in args.common_words:
+        language, _, n = item.partition(":")
+        rows |= common_word_rows(teacher.processor.tokenizer, language, int(n))
+    rows = sorted(rows)
 
     def size_of(plan: dict) -> int:
         clean = {k: v for k, v in plan.items() if k != "row_split"}
         return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
 
     plan = build(json.loads(args.base.read_text()), rows, size_of, cold_bits=args.cold_bits, hot_bits=args.hot_bits,
-                 decoder_bits=args.decoder_bits, encoder_bits=args.encoder_bits)
+                 decoder_bits=args.decoder_bits, encoder_bits=args.encoder_bits,
+                 budget=None if args.ratio is None else int(4 * teacher.params / args.ratio))
     info = plan.pop("row_split")
     plan["selection"] = {**plan.get("selection", {}), "row_split": info}
     write_text_atomic(args.out, json.dumps(plan, indent=2) + "\n")

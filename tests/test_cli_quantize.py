@@ -251,7 +251,7 @@ def test_real_whisper_base_w8a8_decodes_like_the_weight_only_file(tmp_path, fixt
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["activation_bits"] == 8
     loaded = load_model(str(out))
-    assert loaded.info["activation_bits"] == 8 and loaded.info["format_version"] == 2
+    assert loaded.info["activation_bits"] == 8 and loaded.info["format_version"] == 4  # positions generated
     dataset = load_dataset(fixture_manifest)
     base = evaluate_model(load_model("base"), dataset)
     w8a8 = evaluate_model(loaded, dataset)

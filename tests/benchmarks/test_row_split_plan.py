@@ -56,3 +56,34 @@ def test_build_with_encoder_bits_replaces_the_encoder_rules():
     resolved = plan_from_dict({k: v for k, v in plan.items() if k != "row_split"}).resolve(model.state_dict())
     assert resolved["model.encoder.layers.0.fc1.weight"].bits == 3 and plan["row_split"]["encoder_bits"] == 3
     assert plan["row_split"]["bytes"] <= plan["row_split"]["base_bytes"]
+
+
+def test_a_budget_below_the_base_plan_raises_fewer_matrices():
+    model = tiny_model()
+    spec = {"scheme": "uniform", "bits": 3, "granularity": "group", "group_size": 32, "full_range": True}
+    units = [{"unit": f"decoder.{i}.{m}", "pattern": DEC.format(i, m), "params": 64 * 128,
+              "quant_loss": float(1 + i + (m == "fc2"))} for i in range(2) for m in ("fc1", "fc2")]
+    base = {"default": spec, "rules": [], "selection": {"units": units}}
+
+    def size_of(plan: dict) -> int:
+        return predict_packed(model, plan_from_dict({k: v for k, v in plan.items() if k != "row_split"}))["file_bytes"]
+
+    free = row_split_plan.build(base, [0, 7], size_of, cold_bits=2, hot_bits=4, decoder_bits=3)
+    lowest = size_of(row_split_plan.build(base, [0, 7], size_of, cold_bits=2, hot_bits=4, decoder_bits=3, budget=0))
+    budget = lowest + 64 * 128 // 8 + 64  # room for one matrix at one more bit (codes and scales)
+    tight = row_split_plan.build(base, [0, 7], size_of, cold_bits=2, hot_bits=4, decoder_bits=3, budget=budget)
+    assert tight["row_split"]["base_bytes"] == budget and tight["row_split"]["bytes"] <= budget
+    assert tight["row_split"]["raised"] == ["decoder.1.fc2"]  # the most output change per weight first
+    assert len(free["row_split"]["raised"]) == 4
+
+
+def test_common_word_rows_hold_each_word_as_the_text_has_it():
+    from tests.conftest import tiny_processor_obj
+
+    tok = tiny_processor_obj().tokenizer
+    en = row_split_plan.common_word_rows(tok, "en", 200)
+    the = tok.encode(" the", add_special_tokens=False) + tok.encode(" The", add_special_tokens=False)
+    assert set(the) <= en and tok.encode("the", add_special_tokens=False)[0] not in en
+    assert en < row_split_plan.common_word_rows(tok, "en", 1000) and max(en) < 50257
+    ja = row_split_plan.common_word_rows(tok, "ja", 200)  # no spaces in Japanese text
+    assert set(tok.encode("です", add_special_tokens=False)) <= ja

@@ -61,7 +61,7 @@ def test_packed_file_stores_both_parts_and_loads_as_in_memory(tmp_path):
     summary = save_packed(out, model, tiny_processor_obj(), plan)
     assert out.stat().st_size == summary["file_bytes"] == predict_packed(model, plan, tiny_processor_obj())["file_bytes"]
     tensors, meta = read_packed(out)
-    assert meta["format_version"] == "3"
+    assert meta["format_version"] == "4"  # row splits, and the encoder positions generated
     name = "model.decoder.embed_tokens.weight"
     assert tensors[name + "::rows"].tolist() == ROWS
     # 7 rows of 64 at 4 bits, the other 51 858 at 2 bits
@@ -85,7 +85,7 @@ def test_a_version_1_file_with_row_splits_is_refused(tmp_path):
     save_packed(out, tiny_model(), tiny_processor_obj(), _plan())
     raw = out.read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    header = raw[8:8 + n].replace(b'"format_version":"3"', b'"format_version":"1"')
+    header = raw[8:8 + n].replace(b'"format_version":"4"', b'"format_version":"1"')
     out.write_bytes(raw[:8] + header + raw[8 + n:])
     with pytest.raises(CheckpointError, match="row splits in a format version 1"):
         read_packed(out)

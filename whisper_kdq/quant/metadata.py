@@ -1,0 +1,52 @@
+"""The packed file's `__metadata__`: what a writer records and what a reader checks before it trusts it.
+
+docs/FORMAT.md ("Metadata", "Verification") specifies both; `checkpoint.py` writes and reads the container.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from whisper_kdq.errors import CheckpointError
+from whisper_kdq.quant.generated import generate
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "VERSIONS", "format_version", "check_metadata"]
+
+FORMAT_NAME = "whisper-kdq-packed"
+# The newest this tool reads and writes. Version 1: weights only; 2: + quantized activations; 3: + row splits;
+# 4: + generated tensors (each adds to the last). Writers write the lowest version that holds the file.
+FORMAT_VERSION = 4
+VERSIONS = ("1", "2", "3", "4")
+
+
+def format_version(*, activations: bool, rows: bool, generated: bool) -> str:
+    """The lowest version that holds the file: a reader that does not know quantized activations (2), row
+    splits (3) or generated tensors (4) then refuses it rather than run it wrong; others read it."""
+    return "4" if generated else "3" if rows else "2" if activations else "1"
+
+
+def check_metadata(path: Path, meta: dict[str, str]) -> None:
+    """CheckpointError (one line naming `path`) unless `meta` is a header this version can read."""
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a whisper-kdq packed checkpoint (format {meta.get('format')!r})")
+    if meta.get("format_version") not in VERSIONS:
+        raise CheckpointError(f"{path}: unsupported format version {meta.get('format_version')!r}; "
+                              f"this whisper-kdq reads versions {', '.join(VERSIONS)}")
+    version = meta["format_version"]
+    if (version == "2" and "activations" not in meta) or (version == "1" and "activations" in meta):
+        raise CheckpointError(f"{path}: damaged header (format version {version} "
+                              f"{'needs' if version == '2' else 'has no'} activation settings)")
+    try:
+        split = any("rows" in m for m in json.loads(meta["quantization"]).values())
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: damaged header (no readable quantization table)") from None
+    if split and version not in ("3", "4"):
+        raise CheckpointError(f"{path}: damaged header (row splits in a format version {version} file)")
+    if ("generated" in meta) != (version == "4"):
+        raise CheckpointError(f"{path}: damaged header (format version {version} "
+                              f"{'needs' if version == '4' else 'has no'} generated tensors)")
+    try:  # each names a formula this version knows, at a shape it can build
+        [generate(g["formula"], tuple(g["shape"])) for g in json.loads(meta.get("generated", "{}")).values()]
+    except (ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: damaged header (generated tensors: {exc})") from None
