@@ -98,6 +98,13 @@ class Studies:
             "encoder QAT by regression then decoder CE 0.3+KD+QAT 3/4-bit, embedding rows 4/2-bit, speed-perturbed (10.5x)":
                 lambda: self._row_split_qat("teacher-qat-rows-10.5x-sp", self._full_range(self._guided_10x_plan()),
                                             "teacher-qat-guided-23-10.5x-full", "--speed-perturb", "0.9,1.1"),
+            # ... with the tokens of the 3 000 most frequent English words (wordfreq) among the 4-bit rows, and the
+            # file filled to the earlier rows' 27.6 MB (format 4 generates the encoder's position table: 0.78 MB).
+            "encoder QAT by regression then decoder CE 0.3+KD+QAT 3/4-bit, embedding rows 4/2-bit with common English "
+            "words, speed-perturbed (10.5x)":
+                lambda: self._row_split_qat("teacher-qat-rows-words-10.5x", self._full_range(self._guided_10x_plan()),
+                                            "teacher-qat-guided-23-10.5x-full", "--speed-perturb", "0.9,1.1",
+                                            words=3000, ratio=10.522),
         }
 
     def _regressed_encoder_qat(self, name: str, plan: str) -> tuple[dict, float]:
@@ -109,11 +116,14 @@ class Studies:
         model, wall = self._decoder_stage(name, plan, enc["model"])
         return self.evaluate(model), enc["wall_s"] + wall
 
-    def _row_split_qat(self, name: str, base_plan: str, encoder_of: str, *extra: str) -> tuple[dict, float]:
+    def _row_split_qat(self, name: str, base_plan: str, encoder_of: str, *extra: str, words: int = 0,
+                       ratio: float | None = None) -> tuple[dict, float]:
         """`_regressed_encoder_qat`'s encoder stage on `base_plan` (shared with the row `encoder_of`), then a plan of
-        the same bytes with the embedding row-split and the decoder raised (`row_split_plan.build`), and the decoder
-        stage from the teacher's float decoder quantized by it, on that encoder (`row_split_plan.compose_student`)."""
-        from row_split_plan import build, compose_student
+        the same bytes (or 1/`ratio` of the fp32 teacher's) with the embedding row-split (the training transcripts'
+        rows and those of the `words` most frequent English words at 4 bits) and the decoder raised
+        (`row_split_plan.build`), and the decoder stage from the teacher's float decoder quantized by it, on that
+        encoder (`row_split_plan.compose_student`)."""
+        from row_split_plan import build, common_word_rows, compose_student
 
         from whisper_kdq.data.manifest import load_dataset
         from whisper_kdq.models.refs import load_model
@@ -126,12 +136,14 @@ class Studies:
         if not start.is_file():
             teacher = load_model("base")
             rows = token_rows(teacher.processor.tokenizer, load_dataset(self.train, check_audio=False).utterances)
+            rows = sorted(set(rows) | (common_word_rows(teacher.processor.tokenizer, "en", words) if words else set()))
 
             def size_of(p: dict) -> int:
                 clean = {k: v for k, v in p.items() if k != "row_split"}
                 return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
 
-            data = build(json.loads(Path(base_plan).read_text()), rows, size_of, cold_bits=2, hot_bits=4, decoder_bits=3)
+            data = build(json.loads(Path(base_plan).read_text()), rows, size_of, cold_bits=2, hot_bits=4, decoder_bits=3,
+                         budget=None if ratio is None else int(4 * teacher.params / ratio))
             data["selection"] = {**data.get("selection", {}), "row_split": data.pop("row_split")}
             plan.write_text(json.dumps(data, indent=2) + "\n")
             compose_student(teacher, Path(enc["model"]), load_plan(plan), start)

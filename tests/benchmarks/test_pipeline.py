@@ -103,3 +103,4 @@ def test_row_split_row_shares_the_full_range_encoder_and_trains_the_decoder_from
     decoder = calls[-1]
     assert decoder[decoder.index("--speed-perturb") + 1] == "0.9,1.1" and decoder[decoder.index("--out") + 1].endswith("/s")
     assert any("speed-perturbed" in name for name in p.rows())
+    assert any("common English words" in name for name in p.rows())
