@@ -69,7 +69,7 @@ def _unique_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict
 
 def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
              qparams: dict | None = None, column_weights: dict | None = None,
-             dry: bool = False, quantized: dict | None = None) -> tuple[list[Entry], dict, dict[str, str]]:
+             dry: bool = False, quantized: dict | None = None) -> tuple[list[Entry], dict, dict[str, str], dict]:
     state, tied = _unique_state(model)
     specs = {n: s for n, s in plan.resolve(state).items() if s is not None}
     splits = plan.splits(state)
@@ -122,7 +122,7 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
         blob = torch.frombuffer(bytearray(tokenizer_blob), dtype=torch.uint8)
         entries.append(Entry(TOKENIZER_KEY, "U8", (len(tokenizer_blob),), lambda: blob))
     entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
-    return entries, qmeta, tied
+    return entries, qmeta, tied, {n: {"formula": f, "shape": list(state[n].shape)} for n, f in generated.items()}
 
 
 def _header(entries: list[Entry], metadata: dict[str, str]) -> bytes:
@@ -145,12 +145,10 @@ def _activations(model: torch.nn.Module, plan: Plan, qmeta: dict) -> dict | None
 
 
 def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Entry], checksum: str,
-              activations: dict | None = None) -> dict[str, str]:
+              activations: dict | None = None, generated: dict | None = None) -> dict[str, str]:
     qbytes = sum(e.nbytes for e in entries if "::" in e.name)
     qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
     extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
-    state = _unique_state(model)[0]
-    generated = {n: {"formula": f, "shape": list(state[n].shape)} for n, f in generated_tensors(state).items()}
     extra.update({"generated": json.dumps(generated, sort_keys=True)} if generated else {})
     version = format_version(activations=activations is not None, rows=any("rows" in m for m in qmeta.values()),
                              generated=bool(generated))
@@ -184,11 +182,11 @@ def _tokenizer_blob(processor) -> bytes:
 def predict_packed(model: torch.nn.Module, plan: Plan, processor=None) -> dict:
     """What `save_packed` would write, without quantizing: per-tensor specs and bytes, exact file size."""
     blob_len = len(_tokenizer_blob(processor)) if processor is not None else 0
-    entries, qmeta, tied = _entries(model, plan, None, dry=True)
+    entries, qmeta, tied, generated = _entries(model, plan, None, dry=True)
     if processor is not None:
         entries.append(Entry(TOKENIZER_KEY, "U8", (blob_len,)))
         entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
-    meta = _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER, _activations(model, plan, qmeta))
+    meta = _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER, _activations(model, plan, qmeta), generated)
     return {**_summary(model, entries, qmeta, tied, 8 + len(_header(entries, meta))), "activation_bits": plan.activation_bits}
 
 
@@ -223,14 +221,14 @@ def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, for
     quantized by the plan's spec (from GPTQ), written as they are. Returns the size summary."""
     out = Path(out)
     check_output(out, force)
-    entries, qmeta, tied = _entries(model, plan, _tokenizer_blob(processor), qparams, column_weights,
+    entries, qmeta, tied, generated = _entries(model, plan, _tokenizer_blob(processor), qparams, column_weights,
                                     quantized=quantized)
     data = [_bytes(e) for e in entries]
     digest = hashlib.sha256()
     for chunk in data:
         digest.update(chunk)
     header = _header(entries, _metadata(model, qmeta, tied, entries, "sha256:" + digest.hexdigest(),
-                                        _activations(model, plan, qmeta)))
+                                        _activations(model, plan, qmeta), generated))
     with atomic_file(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(header)))
