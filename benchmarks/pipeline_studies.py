@@ -123,28 +123,17 @@ class Studies:
         rows and those of the `words` most frequent English words at 4 bits) and the decoder raised
         (`row_split_plan.build`), and the decoder stage from the teacher's float decoder quantized by it, on that
         encoder (`row_split_plan.compose_student`)."""
-        from row_split_plan import build, common_word_rows, compose_student
+        from row_split_plan import compose_student, plan_for
 
-        from whisper_kdq.data.manifest import load_dataset
         from whisper_kdq.models.refs import load_model
-        from whisper_kdq.quant.checkpoint import predict_packed
-        from whisper_kdq.quant.plan import load_plan, plan_from_dict
-        from whisper_kdq.quant.rows import token_rows
+        from whisper_kdq.quant.plan import load_plan
 
         enc = self._encoder_stage(encoder_of, base_plan)
         plan, start = self.out / f"plan-{name}.json", self.out / f"{name}-start.safetensors"
         if not start.is_file():
             teacher = load_model("base")
-            rows = token_rows(teacher.processor.tokenizer, load_dataset(self.train, check_audio=False).utterances)
-            rows = sorted(set(rows) | (common_word_rows(teacher.processor.tokenizer, "en", words) if words else set()))
-
-            def size_of(p: dict) -> int:
-                clean = {k: v for k, v in p.items() if k != "row_split"}
-                return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
-
-            data = build(json.loads(Path(base_plan).read_text()), rows, size_of, cold_bits=2, hot_bits=4, decoder_bits=3,
-                         budget=None if ratio is None else int(4 * teacher.params / ratio))
-            data["selection"] = {**data.get("selection", {}), "row_split": data.pop("row_split")}
+            data = plan_for(teacher, json.loads(Path(base_plan).read_text()), self.train,
+                            words={"en": words} if words else None, ratio=ratio)
             plan.write_text(json.dumps(data, indent=2) + "\n")
             compose_student(teacher, Path(enc["model"]), load_plan(plan), start)
         model, wall = self._decoder_stage(name, str(plan), str(start), *extra)

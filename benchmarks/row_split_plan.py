@@ -89,13 +89,36 @@ def compose_student(teacher, encoder_from: Path, plan, out: Path) -> dict:
     return save_packed(out, model, teacher.processor, plan, force=True, quantized=codes)
 
 
-def main() -> None:
+def plan_for(teacher, base: dict, calibration: Path, *, words: dict[str, int] | None = None, first_tokens: int = 0,
+             ratio: float | None = None, cold_bits: int = 2, hot_bits: int = 4, decoder_bits: int = 3,
+             encoder_bits: int | None = None) -> dict:
+    """`build` on the hot rows of `calibration`'s transcripts, the token ids below `first_tokens` and the tokens of
+    each language's N most frequent `words`, fitted to `4 x params / ratio` bytes (default: the base plan's file).
+    The fitted sizes are recorded under the plan's `selection.row_split`."""
     from whisper_kdq.data.manifest import load_dataset
-    from whisper_kdq.fileio import write_text_atomic
-    from whisper_kdq.models.refs import load_model
     from whisper_kdq.quant.checkpoint import predict_packed
     from whisper_kdq.quant.plan import plan_from_dict
     from whisper_kdq.quant.rows import token_rows
+
+    tokenizer = teacher.processor.tokenizer
+    rows = set(token_rows(tokenizer, load_dataset(calibration, check_audio=False).utterances))
+    rows |= set(range(first_tokens))
+    for language, n in (words or {}).items():
+        rows |= common_word_rows(tokenizer, language, n)
+
+    def size_of(plan: dict) -> int:
+        clean = {k: v for k, v in plan.items() if k != "row_split"}
+        return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
+
+    plan = build(base, sorted(rows), size_of, cold_bits=cold_bits, hot_bits=hot_bits, decoder_bits=decoder_bits,
+                 encoder_bits=encoder_bits, budget=None if ratio is None else int(4 * teacher.params / ratio))
+    plan["selection"] = {**plan.get("selection", {}), "row_split": plan.pop("row_split")}
+    return plan
+
+
+def main() -> None:
+    from whisper_kdq.fileio import write_text_atomic
+    from whisper_kdq.models.refs import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", type=Path, required=True)
@@ -116,22 +139,14 @@ def main() -> None:
     ap.add_argument("--student-out", type=Path, help="where the composed student goes (with --encoder-from)")
     args = ap.parse_args()
     teacher = load_model(args.teacher)
-    rows = token_rows(teacher.processor.tokenizer, load_dataset(args.calibration, check_audio=False).utterances)
-    rows = set(rows) | set(range(args.first_tokens))
+    words = {}
     for item in args.common_words:
         language, _, n = item.partition(":")
-        rows |= common_word_rows(teacher.processor.tokenizer, language, int(n))
-    rows = sorted(rows)
-
-    def size_of(plan: dict) -> int:
-        clean = {k: v for k, v in plan.items() if k != "row_split"}
-        return predict_packed(teacher.model, plan_from_dict(clean), teacher.processor)["file_bytes"]
-
-    plan = build(json.loads(args.base.read_text()), rows, size_of, cold_bits=args.cold_bits, hot_bits=args.hot_bits,
-                 decoder_bits=args.decoder_bits, encoder_bits=args.encoder_bits,
-                 budget=None if args.ratio is None else int(4 * teacher.params / args.ratio))
-    info = plan.pop("row_split")
-    plan["selection"] = {**plan.get("selection", {}), "row_split": info}
+        words[language] = int(n)
+    plan = plan_for(teacher, json.loads(args.base.read_text()), args.calibration, words=words,
+                    first_tokens=args.first_tokens, ratio=args.ratio, cold_bits=args.cold_bits, hot_bits=args.hot_bits,
+                    decoder_bits=args.decoder_bits, encoder_bits=args.encoder_bits)
+    info = plan["selection"]["row_split"]
     write_text_atomic(args.out, json.dumps(plan, indent=2) + "\n")
     print(json.dumps({"out": str(args.out), **{k: v for k, v in info.items()},
                       "ratio_vs_fp32": 4 * teacher.params / info["bytes"]}))

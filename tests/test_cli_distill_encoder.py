@@ -66,7 +66,7 @@ def test_encoder_only_dry_run_and_one_line_errors(teacher4, fixture_manifest, tm
                            (["--student-encoder-map", "1,3"], "must be the teacher's first 1"),
                            (["--student-encoder-map", "0,3", "--frozen-encoder-layers", "2"], "leave one to train"),
                            (["--student-encoder-map", "0,3", "--quantize", "4", "--qat-init", "packed"],
-                            "drop --qat-init packed"),
+                            "give the file as --student"),
                            (["--student-encoder-map", "0,3", "--freeze-encoder"], "drop --freeze-encoder")):
         result = runner.invoke(app, _args(teacher4, fixture_manifest, out, *extra))
         assert result.exit_code == 2, (extra, result.output)
@@ -133,6 +133,36 @@ def test_quantization_aware_encoder_then_its_decoder_on_the_samepacked_codes(tea
     wrong = runner.invoke(app, [*decoder_args[:4], str(teacher4), *decoder_args[5:], "--qat-init", "packed", "--out",
                                 str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "is not a packed checkpoint" in wrong.output and "Traceback" not in wrong.output
+
+
+def test_encoder_only_goes_on_from_an_earlier_packed_encoder(teacher4, fixture_manifest, tmp_path):
+    """`--encoder-only --student FILE --qat-init packed`: a second encoder run starts from the first one's trained
+    blocks and codes (not the teacher's blocks and a new grid): before any step its dev loss is the first run's
+    best, and the frozen block stays the teacher's."""
+    first = runner.invoke(app, _args(teacher4, fixture_manifest, tmp_path / "a", "--student-encoder-map", "0,3",
+                                     "--quantize", "3", "--steps", "4", "--eval-every", "4",
+                                     "--eval-data", str(fixture_manifest), "--json"))
+    assert first.exit_code == 0, first.output
+    a = json.loads(first.stdout)
+    args = _args(teacher4, fixture_manifest, tmp_path / "b", "--student-encoder-map", "0,3", "--quantize", "3",
+                 "--steps", "2", "--eval-every", "2", "--lr", "1e-9", "--eval-data", str(fixture_manifest),
+                 "--student", a["model"], "--qat-init", "packed", "--json")
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    b = json.loads(second.stdout)
+    metrics = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(metrics[0]["dev_loss"] - a["best_dev_loss"]) < 1e-4 * a["best_dev_loss"]
+    fresh = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()][0]["dev_loss"]
+    assert a["best_dev_loss"] < fresh and metrics[0]["dev_loss"] < fresh  # the first run had moved; the second kept it
+    codes_a, codes_b = packed_codes(a["model"]), packed_codes(b["model"])
+    assert torch.equal(codes_a["model.encoder.layers.1.fc1.weight"].codes, codes_b["model.encoder.layers.1.fc1.weight"].codes)
+    teacher = load_model(str(teacher4)).model.state_dict()
+    assert torch.equal(load_model(b["model"]).model.state_dict()["model.encoder.layers.0.fc1.weight"],
+                       teacher["model.encoder.layers.0.fc1.weight"])
+    # A student of another cut is one line.
+    wrong = runner.invoke(app, _args(teacher4, fixture_manifest, tmp_path / "c", "--student-encoder-map", "0,2,3",
+                                     "--quantize", "3", "--steps", "1", "--student", a["model"], "--qat-init", "packed"))
+    assert wrong.exit_code == 2 and "needs 3 of width" in wrong.output and "Traceback" not in wrong.output
 
 
 def _rtn3(model, tmp_path):
@@ -205,6 +235,15 @@ def test_quantization_aware_whisper_base_encoder_then_decoder(fixture_manifest, 
     post_training = quantized_copy(teacher.model, encoder_plan(plan_from_options(bits=3), cut))
     (before, after), _ = _distances_to_teacher(teacher, [post_training, trained], 10)
     assert after < 0.8 * before, (before, after)
+    # A second encoder run goes on from the file (its blocks and codes): before its first step it stands where
+    # the first run's best step did (the same four clips choose; no dev split given).
+    more = runner.invoke(app, ["distill", "--encoder-only", *common, "--out", str(tmp_path / "enc2"),
+                               "--student-encoder-map", "0,1,2,3,4,5", "--frozen-encoder-layers", "0", "--steps", "1",
+                               "--lr", "1e-9", "--warmup", "1", "--student", encoder_file, "--qat-init", "packed",
+                               "--teacher-cache", str(tmp_path / "enc" / "targets.pt")])
+    assert more.exit_code == 0, more.output
+    first = json.loads((tmp_path / "enc2" / "metrics.jsonl").read_text().splitlines()[0])["dev_loss"]
+    assert abs(first - json.loads(result.stdout)["best_dev_loss"]) < 1e-3 * first
     result = runner.invoke(app, ["distill", *common, "--student", encoder_file, "--freeze-encoder", "--steps", "2",
                                  "--qat-init", "packed", "--out", str(tmp_path / "dec")])
     assert result.exit_code == 0, result.output

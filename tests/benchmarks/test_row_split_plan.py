@@ -87,3 +87,31 @@ def test_common_word_rows_hold_each_word_as_the_text_has_it():
     assert en < row_split_plan.common_word_rows(tok, "en", 1000) and max(en) < 50257
     ja = row_split_plan.common_word_rows(tok, "ja", 200)  # no spaces in Japanese text
     assert set(tok.encode("です", add_special_tokens=False)) <= ja
+
+
+def test_plan_for_gathers_transcript_first_and_word_rows_and_fits_the_ratio(fixture_manifest):
+    from types import SimpleNamespace
+
+    from tests.conftest import tiny_processor_obj
+    from whisper_kdq.data.manifest import load_dataset
+    from whisper_kdq.quant.rows import token_rows
+
+    model, processor = tiny_model(), tiny_processor_obj()
+    teacher = SimpleNamespace(model=model, processor=processor, params=sum(p.numel() for p in model.parameters()))
+    units = [{"unit": f"decoder.{i}.{m}", "pattern": DEC.format(i, m), "params": 64 * 128, "quant_loss": 1.0 + i}
+             for i in range(2) for m in ("fc1", "fc2")]
+    base = {"default": {"scheme": "uniform", "bits": 3, "granularity": "group", "group_size": 32},
+            "rules": [], "selection": {"units": units}}
+    plain = row_split_plan.plan_for(teacher, base, fixture_manifest)
+    transcripts = set(token_rows(processor.tokenizer, load_dataset(fixture_manifest, check_audio=False).utterances))
+    assert set(plain["rows"][0]["rows"]) == transcripts and "row_split" not in plain
+    words = row_split_plan.plan_for(teacher, base, fixture_manifest, words={"en": 300}, first_tokens=100)
+    got = set(words["rows"][0]["rows"])
+    assert got == transcripts | set(range(100)) | row_split_plan.common_word_rows(processor.tokenizer, "en", 300)
+    # --ratio: the budget is 4 bytes a parameter over the ratio, and the plan keeps within it.
+    lowest = row_split_plan.plan_for(teacher, base, fixture_manifest, ratio=1e12)["selection"]["row_split"]
+    assert lowest["raised"] == [] and lowest["base_bytes"] == 0
+    ratio = 4 * teacher.params / (lowest["bytes"] + 1500)  # room for one 4-bit raise (~1 kB) and not two
+    info = row_split_plan.plan_for(teacher, base, fixture_manifest, ratio=ratio)["selection"]["row_split"]
+    assert info["base_bytes"] == int(4 * teacher.params / ratio) and info["bytes"] <= info["base_bytes"]
+    assert info["raised"] == ["decoder.1.fc1"]

@@ -51,7 +51,7 @@ def distill(
     override: List[str] = typer.Option([], "--override", help="With --quantize or --plan: REGEX=BITS or REGEX=float (repeatable)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="With --quantize or --plan: round the inputs of quantized linear layers to N bits (4-8) per token (default: float)."),
     qat_init: str = typer.Option("rtn", "--qat-init", help="With --quantize or --plan: starting codes of the quantized weights, rtn (nearest after the clip search), gptq (calibrated on 32 training clips; a frozen encoder keeps them) or packed (those of a packed --student, where the plan keeps their spec)."),
-    encoder_only: bool = typer.Option(False, "--encoder-only", help="Train only a cut encoder, by regression on the teacher's encoder output (no decoder work: affordable on a CPU); the decoder is the teacher's, or --student-decoder-map's blocks untrained. With --plan/--quantize the trained blocks (and convolutions, with --frozen-encoder-layers 0) train quantization-aware and the student is saved packed."),
+    encoder_only: bool = typer.Option(False, "--encoder-only", help="Train only a cut encoder, by regression on the teacher's encoder output (no decoder work: affordable on a CPU); the decoder is the teacher's, or --student-decoder-map's blocks untrained. With --plan/--quantize the trained blocks (and convolutions, with --frozen-encoder-layers 0) train quantization-aware and the student is saved packed. With --student FILE the trained part starts from FILE's encoder (e.g. an earlier --encoder-only run's; with --qat-init packed from its codes too)."),
     frozen_encoder_layers: int = typer.Option(1, help="With --encoder-only: the first N student encoder blocks are the teacher's first N, kept frozen (0: the convolutions train too)."),
     steps: int = typer.Option(300, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Utterances per step and process."),
@@ -114,8 +114,7 @@ def distill(
                              max_grad_norm=max_grad_norm, seed=seed, save_every=save_every, keep=keep,
                              eval_every=eval_every or save_every, dry_run=dry_run,
                              plan=plan_dict, qat_init=start,
-                             conflicts={"--qat-init packed": qat_init == "packed", "--student": student is not None,
-                                        "--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
+                             conflicts={"--freeze-encoder": freeze_encoder, "--pseudo-label": pseudo_label},
                              targets_file=teacher_cache, device=dev_name, window_s=window, speed=factors)
     if dry_run:
         return _show(describe(make_student(t, spec, dev_name), t, request), as_json)
@@ -239,6 +238,9 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
                         f"teacher's first {frozen} and leave one to train (the map is {enc})")
     cut = EncoderCut(frozen, enc[frozen:]).resolve(cfg.encoder_layers)
     dec = spec.decoder_map or spaced_layers(cfg.decoder_layers, spec.decoder_layers or cfg.decoder_layers)
+    if settings["qat_init"] == "packed" and spec.pretrained is None:
+        raise UserError("--qat-init packed starts from a packed file's codes: give the file as --student")
+    start = None if spec.pretrained is None else _encoder_start(t, spec.pretrained, cut, device)
     if dry_run:
         return _show({"encoder_map": cut.encoder_map, "frozen": cut.frozen, "trained_from": cut.init,
                       "imitates": cut.targets, "decoder_map": dec, "training": settings}, as_json)
@@ -246,7 +248,7 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
     request = {"teacher": t.ref, "data": str(data), "split": split, "limit": limit, "eval_data": str(eval_data),
                "eval_split": eval_split, **({"speed_perturb": speed} if speed else {})}
     summary = _fit_encoder(t, cut, dec, train, dev, out, EncoderTraining(**settings, device=device), force, request,
-                           targets_file, as_json)
+                           targets_file, as_json, start)
     if as_json:
         print_json(summary)
     else:
@@ -256,7 +258,23 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
                       f"student saved to {summary['model']}")
 
 
-def _fit_encoder(t, cut, dec, train, dev, out, settings, force, request, targets_file, quiet: bool) -> dict:
+def _encoder_start(t, ref: str, cut, device: str):
+    """`--student REF` with `--encoder-only`: the model whose encoder the cut's trained part starts from (e.g. an
+    earlier encoder run's packed file, to go on at another window or for more steps)."""
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.models.students import check_vocabularies
+
+    with console.status(f"loading student {ref}"):
+        start = load_model(ref, device=device)
+    check_vocabularies(t, start)
+    have, want = start.model.config, t.model.config
+    if have.encoder_layers != len(cut.encoder_map) or have.d_model != want.d_model:
+        raise UserError(f"--student {ref} has {have.encoder_layers} encoder blocks of width {have.d_model}; the cut "
+                        f"{cut.encoder_map} needs {len(cut.encoder_map)} of width {want.d_model}")
+    return start
+
+
+def _fit_encoder(t, cut, dec, train, dev, out, settings, force, request, targets_file, quiet: bool, start=None) -> dict:
     from whisper_kdq.distill.encoder_trainer import run_encoder_distillation
 
     with _step_bar("encoder", settings.steps, quiet) as (bar, task):
@@ -266,5 +284,5 @@ def _fit_encoder(t, cut, dec, train, dev, out, settings, force, request, targets
                        info=f"loss {record['loss']:.3f} best dev {record['dev_loss']:.3f} lr {record['lr']:.1e}")
 
         return run_encoder_distillation(t, cut, dec, train, dev, out, settings, force=force, request=request,
-                                        targets_file=targets_file, on_step=on_step,
+                                        targets_file=targets_file, on_step=on_step, start=start,
                                         on_status=lambda m: on_status(bar, task, m))

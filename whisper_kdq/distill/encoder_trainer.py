@@ -159,9 +159,13 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
                              dev: Dataset | None, out: Path, settings: EncoderTraining, *, force: bool = False,
                              targets_file: Path | None = None, request: dict | None = None,
                              on_step: Callable[[dict], None] | None = None,
-                             on_status: Callable[[str], None] | None = None) -> dict:
+                             on_status: Callable[[str], None] | None = None,
+                             start: LoadedModel | None = None) -> dict:
     """Cut the teacher's encoder to `cut`, train it on `train` into run directory `out` (resuming it), save the
-    student (encoder trained, decoder the teacher's blocks `decoder_map`) as `out/model`. Returns the summary."""
+    student (encoder trained, decoder the teacher's blocks `decoder_map`) as `out/model`. Returns the summary.
+    `start`: a model with the cut's encoder shape whose trained part (blocks, final norm, convolutions where they
+    train) the training starts from instead of the teacher's blocks; with `settings.qat_init` "packed", its
+    packed codes are the starting grid too."""
     from whisper_kdq.evaluate import evaluate_model
     from whisper_kdq.export import save_transformers_dir
     from whisper_kdq.fileio import atomic_dir
@@ -174,13 +178,17 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
     settings = replace(settings, window_s=window_or_none(settings.window_s))  # 30 s is no window, as in distill
     request = {**(request or {}), "encoder_only": {"cut": asdict(cut), "decoder_map": decoder_map,
                                                    **asdict(settings)}}
+    if start is not None:
+        request["encoder_only"]["student"] = start.ref
     for k in ("steps", "save_every", "keep", "eval_every", "device"):
         request["encoder_only"].pop(k)  # a resumed run may change them
     if settings.window_s is None:
         request["encoder_only"].pop("window_s")  # run directories from before the option stay resumable
     resuming = ckpt.check_run_dir(out, request, force)
     student = cut_student(teacher, cut.encoder_map, decoder_map)
-    plan = _quantization_aware(student, cut, settings, train, resuming, status)
+    if start is not None:
+        _load_trained_part(student, start, cut)
+    plan = _quantization_aware(student, cut, settings, train, resuming, status, start)
     ids = [u.id for u in train.utterances]
     dev_ids = [u.id for u in dev.utterances] if dev is not None else []
     targets = _targets(teacher, cut, train, dev, Path(targets_file or out / "targets.pt"), settings.window_s, status)
@@ -211,8 +219,18 @@ def run_encoder_distillation(teacher: LoadedModel, cut: EncoderCut, decoder_map:
     return summary
 
 
+def _load_trained_part(student: LoadedModel, start: LoadedModel, cut: EncoderCut) -> None:
+    """Copy `start`'s weights of what trains in `cut` into `student` (the frozen blocks stay the teacher's: the
+    targets hold their output)."""
+    import re
+
+    trained = re.compile(cut.trained_weights() + r"|^model\.encoder\.layer_norm\.")
+    state = {k: v for k, v in start.model.state_dict().items() if trained.match(k)}
+    student.model.load_state_dict(state, strict=False)
+
+
 def _quantization_aware(student: LoadedModel, cut: EncoderCut, settings: EncoderTraining, train: Dataset,
-                        resuming: bool, status: Callable[[str], None]):
+                        resuming: bool, status: Callable[[str], None], start: LoadedModel | None = None):
     """With a plan: fake-quantize the trained part of `student` in place; returns the plan it was given
     (restricted to that part), or None."""
     if settings.plan is None:
@@ -224,7 +242,10 @@ def _quantization_aware(student: LoadedModel, cut: EncoderCut, settings: Encoder
 
     plan = encoder_plan(plan_from_dict(settings.plan, "plan"), cut)
     # A resumed run restores its weights and scales: no starting codes to compute.
-    init = None if resuming else initial_codes(settings.qat_init, student, plan, train, status)
+    if settings.qat_init == "packed" and start is None:
+        raise UserError("--qat-init packed starts from a packed file's codes: give it as --student")
+    source = start if settings.qat_init == "packed" else student
+    init = None if resuming else initial_codes(settings.qat_init, source, plan, train, status)
     prepare_qat(student.model, plan, init=init)
     return plan
 
