@@ -90,3 +90,43 @@ def test_whisper_base_on_synthesized_speech(small_corpus):
     assert model["languages"]["ja"]["cer"] < 0.40
     assert model["languages"]["en"]["wer"] < 0.45
     assert model["size_bytes"] == 145_217_532
+
+
+def test_two_models_side_by_side_with_a_paired_interval(tiny_model_dir, fixture_manifest):
+    """A second --model is compared with the first on the same clips: the change of each language's headline
+    rate and its 95 % paired-bootstrap interval, in the JSON and the table."""
+    args = ("evaluate", "--model", str(tiny_model_dir), "--model", str(tiny_model_dir), "--data", str(fixture_manifest),
+            "--device", "cpu")
+    out = json.loads(_run(*args, "--json").stdout)
+    first, second = out["models"]
+    assert "versus_first" not in first and set(second["versus_first"]) == {"en", "ja"}
+    ja = second["versus_first"]["ja"]
+    assert ja["metric"] == "cer" and ja["base"] == first["languages"]["ja"]["cer"] and ja["n"] == first["languages"]["ja"]["n"]
+    assert ja["relative"] == 0 and ja["ci95"] == [0, 0]  # the same model decodes the same: no change at all
+    from rich.console import Console
+
+    from whisper_kdq.cli.evaluate import comparison_table
+
+    console = Console(width=250, record=True)
+    console.print(comparison_table(out["models"]))
+    text = console.export_text()
+    assert "ja CER vs first (95 % CI)" in text and "en WER vs first (95 % CI)" in text and "+0.0 % [+0.0, +0.0]" in text
+
+
+@pytest.mark.integration
+def test_whisper_base_against_its_2_bit_copy_is_worse_beyond_noise(small_corpus, tmp_path):
+    """Real whisper-base and its 2-bit RTN copy (which cannot transcribe) on synthesized speech: the copy's CER
+    ja is higher and the paired interval says so (it lies above zero)."""
+    from whisper_kdq.models.refs import load_model
+    from whisper_kdq.quant.checkpoint import save_packed
+    from whisper_kdq.quant.plan import plan_from_options
+
+    base = load_model("base")
+    save_packed(tmp_path / "q2.safetensors", base.model, base.processor, plan_from_options(bits=2))
+    result = _run("evaluate", "--model", "base", "--model", str(tmp_path / "q2.safetensors"), "--data",
+                  str(small_corpus / "manifest.jsonl"), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(result.stdout)["models"]
+    ja = second["versus_first"]["ja"]
+    assert ja["other"] == second["languages"]["ja"]["cer"] and ja["base"] == first["languages"]["ja"]["cer"]
+    assert ja["relative"] > 0 and ja["ci95"][0] > 0 and ja["ci95"][0] <= ja["relative"] <= ja["ci95"][1]

@@ -14,6 +14,7 @@ from whisper_kdq.cli import app
 from whisper_kdq.cli.common import console, print_json, resolve_device, user_errors
 from whisper_kdq.data.manifest import load_dataset
 from whisper_kdq.evaluate import ENGINES, evaluate_model
+from whisper_kdq.evaluate.compare import compare_predictions
 from whisper_kdq.fileio import check_output, write_text_atomic
 from whisper_kdq.models.refs import load_model
 
@@ -72,6 +73,10 @@ def evaluate(
         "skipped": dataset.skipped,
         "models": [{k: v for k, v in r.items() if k != "predictions"} for r in results],
     }
+    for r, m in zip(results[1:], summary["models"][1:]):
+        # Each model against the first on the same clips: the change and its 95 % paired-bootstrap interval.
+        changes = compare_predictions(results[0]["predictions"], r["predictions"])
+        m["versus_first"] = {lang: c.as_dict() for lang, c in changes.items()}
     if as_json:
         print_json(summary)
     else:
@@ -90,6 +95,10 @@ def comparison_table(models: list[dict]) -> Table:
         rows.append((f"{lang} CER %", [_pct(s.get("cer")) for s in stats]))
         rows.append((f"{lang} WER %", [_pct(s.get("wer")) for s in stats]))
         rows.append((f"{lang} utterances", [str(s.get("n", "")) for s in stats]))
+        if len(models) > 1:
+            changes = [m.get("versus_first", {}).get(lang) for m in models]
+            metric = next((c["metric"].upper() for c in changes if c), "error")
+            rows.append((f"{lang} {metric} vs first (95 % CI)", [_change(c) for c in changes]))
     rows += [
         ("parameters (M)", [f"{m['params'] / 1e6:.1f}" for m in models]),
         ("size (MB)", [f"{m['size_bytes'] / 1e6:.1f}" for m in models]),
@@ -100,6 +109,13 @@ def comparison_table(models: list[dict]) -> Table:
     for name, values in rows:
         table.add_row(name, *values)
     return table
+
+
+def _change(c: dict | None) -> str:
+    if c is None or c["relative"] is None:
+        return "-"
+    low, high = c["ci95"]
+    return f"{100 * c['relative']:+.1f} % [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
 def _pct(value: float | None) -> str:
