@@ -68,9 +68,12 @@ class Pipeline(Studies):
             args += ["--limit", str(self.a.test_limit)]
         if self.a.fallback:
             args.append("--fallback")
-        m = self.cli(*args)["models"][0]
+        # Every hypothesis is kept: the report's intervals against the teacher pair them clip by clip.
+        predictions = self.out / "predictions" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model).strip('_')}-{engine}.jsonl"
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        m = self.cli(*args, "--predictions", str(predictions), "--force")["models"][0]
         return {"model": model, "size_bytes": m["size_bytes"], "params": m["params"], "cer_ja": m["languages"]["ja"]["cer"],
-                "wer_en": m["languages"]["en"]["wer"], f"rtf_{engine}": m["rtf"]}
+                "wer_en": m["languages"]["en"]["wer"], f"rtf_{engine}": m["rtf"], "predictions": str(predictions)}
 
     def quantize(self, model: str, name: str, *flags: str) -> str:
         target = self.out / f"{name}.safetensors"

@@ -9,21 +9,37 @@ def write_report(out: Path, meta: dict, rows: dict) -> None:
     teacher = rows.get("teacher fp32")
     lines = [f"Machine: {meta['machine']}. Date: {meta['date']}. Commit: {meta['commit']}.",
              f"Command: `{meta['command']}`", "",
+             "Relative changes carry their 95 % paired-bootstrap interval where both rows kept their predictions "
+             "(benchmarks/significance.py).", "",
              "| model | size MB | ratio vs fp32 teacher | bits/weight | CER ja % | WER en % | rel. CER ja | rel. WER en "
              "| RTF transformers | RTF CTranslate2 | train wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         rel_c = rel_w = ""
         if teacher:
-            rel_c = f"{100 * (r['cer_ja'] / teacher['cer_ja'] - 1):+.1f} %"
-            rel_w = f"{100 * (r['wer_en'] / teacher['wer_en'] - 1):+.1f} %"
+            ci = _intervals(teacher, r) if name != "teacher fp32" else {}
+            rel_c = f"{100 * (r['cer_ja'] / teacher['cer_ja'] - 1):+.1f} %{ci.get('ja', '')}"
+            rel_w = f"{100 * (r['wer_en'] / teacher['wer_en'] - 1):+.1f} %{ci.get('en', '')}"
         rtf_t = f"{r['rtf_transformers']:.3f}" if "rtf_transformers" in r else ""
         rtf_c = f"{r['rtf_ctranslate2']:.3f}" if "rtf_ctranslate2" in r else ""
         lines.append(f"| {name} | {r['size_bytes'] / 1e6:.1f} | {r['ratio']:.2f} | {r['bits_per_weight']:.2f} | "
                      f"{100 * r['cer_ja']:.2f} | {100 * r['wer_en']:.2f} | {rel_c} | {rel_w} | {rtf_t} | {rtf_c} | "
                      f"{r.get('train_wall_s', 0):.0f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[3:]), flush=True)
+    print("\n".join(lines[5:]), flush=True)
     _plot(out / "pareto.png", rows)
+
+
+def _intervals(teacher: dict, row: dict) -> dict[str, str]:
+    """" [low, high]" per language: the row's change against the teacher, paired clip by clip, where both rows
+    kept their predictions (rows of runs before 2026-12-02 did not)."""
+    if not (Path(teacher.get("predictions", "")).is_file() and Path(row.get("predictions", "")).is_file()):
+        return {}
+    from significance import read_predictions
+
+    from whisper_kdq.evaluate.compare import compare_predictions
+
+    changes = compare_predictions(read_predictions(Path(teacher["predictions"])), read_predictions(Path(row["predictions"])))
+    return {lang: f" [{100 * c.low:+.1f}, {100 * c.high:+.1f}]" for lang, c in changes.items() if c.low is not None}
 
 
 def _plot(path: Path, rows: dict) -> None:

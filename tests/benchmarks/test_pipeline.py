@@ -104,3 +104,13 @@ def test_row_split_row_shares_the_full_range_encoder_and_trains_the_decoder_from
     assert decoder[decoder.index("--speed-perturb") + 1] == "0.9,1.1" and decoder[decoder.index("--out") + 1].endswith("/s")
     assert any("speed-perturbed" in name for name in p.rows())
     assert any("common English words" in name for name in p.rows())
+
+
+def test_every_evaluation_keeps_its_predictions_for_the_report(tmp_path):
+    p, calls = _pipeline(tmp_path)
+    p.cli = lambda *a: calls.append(a) or {"models": [{"size_bytes": 1, "params": 1, "rtf": 0.1, "languages": {
+        "ja": {"cer": 0.1}, "en": {"wer": 0.2}}}]}
+    row = p.evaluate(str(tmp_path / "runs" / "x" / "model.safetensors"))
+    args = calls[-1]
+    assert args[args.index("--predictions") + 1] == row["predictions"] and "--force" in args
+    assert Path(row["predictions"]).parent == p.out / "predictions" and row["predictions"].endswith("model.safetensors-transformers.jsonl")

@@ -28,3 +28,25 @@ def test_report_rows_relative_to_the_teacher_and_plot(tmp_path: Path) -> None:
     assert "| +1400.0 % |" in next(line for line in table if line.startswith("| looping |"))
     png = (tmp_path / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_relative_columns_carry_paired_intervals_where_predictions_were_kept(tmp_path: Path) -> None:
+    import json
+
+    def predictions(name: str, wrong: int) -> str:
+        rows = [{"model": name, "id": f"en{i}", "language": "en", "reference": "one two three four",
+                 "hypothesis": "one two three five" if i < wrong else "one two three four"} for i in range(20)]
+        rows += [{"model": name, "id": f"ja{i}", "language": "ja", "reference": "東京の天気",
+                  "hypothesis": "東京の電気" if i < wrong else "東京の天気"} for i in range(20)]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+        return str(path)
+
+    rows = {"teacher fp32": {**_row(290.4, 0.05, 0.0625), "predictions": predictions("t", 5)},
+            "student": {**_row(29.0, 0.10, 0.125), "predictions": predictions("s", 10)},
+            "older row": _row(54.5, 0.07, 0.21)}
+    write_report(tmp_path, {"machine": "x", "date": "d", "commit": "c", "command": "p"}, rows)
+    table = (tmp_path / "results.md").read_text().splitlines()
+    student = next(line for line in table if line.startswith("| student |"))
+    assert "| +100.0 % [+" in student  # twice the errors on the same clips: the whole interval above zero
+    assert "[" not in next(line for line in table if line.startswith("| older row |"))
