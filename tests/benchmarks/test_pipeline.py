@@ -114,3 +114,31 @@ def test_every_evaluation_keeps_its_predictions_for_the_report(tmp_path):
     args = calls[-1]
     assert args[args.index("--predictions") + 1] == row["predictions"] and "--force" in args
     assert Path(row["predictions"]).parent == p.out / "predictions" and row["predictions"].endswith("model.safetensors-transformers.jsonl")
+
+
+def test_encoder_at_30s_row_goes_on_from_the_stage_1_encoder_and_swaps_it_into_the_row_s_student(tmp_path, monkeypatch):
+    import swap_encoder
+
+    p, calls = _pipeline(tmp_path)
+    p.evaluate = lambda model: {"model": model}
+    with_30s = next(name for name in p.rows() if "encoder continued at 30 s" in name)
+    assert "common English words" in with_30s
+    missing = None
+    try:
+        p._encoder_at_30s("r", "shared", "plan-full.json")
+    except SystemExit as exc:
+        missing = str(exc)
+    assert missing and "run the row that trains r first" in missing and not calls
+    (p.out / "r").mkdir(parents=True)
+    (p.out / "r" / "model.safetensors").write_bytes(b"")
+    (p.out / "r" / "summary.json").write_text(json.dumps({"wall_s": 5.0}))
+    (p.out / "plan-r.json").write_text(json.dumps({"default": None}))
+    swapped = []
+    monkeypatch.setattr(swap_encoder, "swap_encoder", lambda *a: swapped.append(a))
+    row, wall = p._encoder_at_30s("r", "shared", "plan-full.json")
+    first, more = calls
+    assert first[first.index("--out") + 1].endswith("shared-encoder") and "--window" not in more
+    assert more[more.index("--student") + 1] == "m" and more[more.index("--qat-init") + 1] == "packed"
+    assert more[more.index("--out") + 1].endswith("shared-encoder-w30") and more[more.index("--plan") + 1] == "plan-full.json"
+    assert swapped[0][0] == p.out / "r" / "model.safetensors" and swapped[0][1] == Path("m")
+    assert row == {"model": str(p.out / "r-enc30.safetensors")} and wall == 7.0
