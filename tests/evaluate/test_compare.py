@@ -39,6 +39,8 @@ def test_no_base_error_gives_no_ratio_and_unpaired_input_is_refused():
     assert clean.relative is None and clean.as_dict()["ci95"] is None and clean.other == 0.1
     with pytest.raises(ValueError, match="same utterances"):
         paired_bootstrap([(0, 5)], [(0, 6)], "cer")
+    # An empty transcript is all deletions, not an error of the counting.
+    assert utterance_errors(["Hello world."], [""], "en") == [(2, 2)] and utterance_errors(["東京です"], ["。"], "ja") == [(4, 4)]
 
 
 def test_prediction_rows_are_matched_by_id_per_language():
