@@ -157,13 +157,9 @@ class Studies:
         if not student.is_file():
             raise SystemExit(f"{student} is missing: run the row that trains {row} first")
         enc = self._encoder_stage(encoder_of, base_plan)
-        more = self.cli("distill", "--encoder-only", "--teacher", "base", "--data", str(self.train),
-                        "--eval-data", str(self.manifest), "--eval-split", "dev", "--out", str(self.out / f"{encoder_of}-encoder-w30"),
-                        "--student-encoder-map", "0,1,2,3,4,5", "--frozen-encoder-layers", "0", "--plan", base_plan,
-                        "--student", enc["model"], "--qat-init", "packed", "--steps", str(steps),
-                        "--batch-size", str(self.a.batch_size), "--lr", "1e-4", "--warmup", "10", "--save-every", "25",
-                        "--eval-every", "25", "--teacher-cache", str(self.out / "encoder-targets-front-w30.pt"),
-                        "--device", self.a.device)
+        more = self._encoder_cli(f"{encoder_of}-encoder-w30", base_plan, "--student", enc["model"], "--qat-init", "packed",
+                                 "--steps", str(steps), "--lr", "1e-4", "--warmup", "10", "--eval-every", "25",
+                                 "--teacher-cache", str(self.out / "encoder-targets-front-w30.pt"))
         target = self.out / f"{row}-enc30.safetensors"
         if not target.is_file():
             swap_encoder(student, Path(more["model"]), load_plan(self.out / f"plan-{row}.json"), target)
@@ -172,13 +168,17 @@ class Studies:
 
     def _encoder_stage(self, name: str, plan: str) -> dict:
         a = self.a
+        return self._encoder_cli(f"{name}-encoder", plan, "--qat-init", "gptq", "--steps", str(a.encoder_steps),
+                                 "--lr", str(a.encoder_lr), "--warmup", "20", "--eval-every", "50",
+                                 "--teacher-cache", str(self.out / f"encoder-targets-front{self._window_tag()}.pt"),
+                                 *(["--window", f"{a.train_window:g}"] if a.train_window else []))
+
+    def _encoder_cli(self, out: str, plan: str, *flags: str) -> dict:
+        """`distill --encoder-only` of the whole encoder (convolutions too) under `plan` into `--out/out`."""
         return self.cli("distill", "--encoder-only", "--teacher", "base", "--data", str(self.train),
-                       "--eval-data", str(self.manifest), "--eval-split", "dev", "--out", str(self.out / f"{name}-encoder"),
-                       "--student-encoder-map", "0,1,2,3,4,5", "--frozen-encoder-layers", "0", "--plan", plan,
-                       "--qat-init", "gptq", "--steps", str(a.encoder_steps), "--batch-size", str(a.batch_size),
-                       "--lr", str(a.encoder_lr), "--warmup", "20", "--save-every", "25", "--eval-every", "50",
-                       "--teacher-cache", str(self.out / f"encoder-targets-front{self._window_tag()}.pt"),
-                       *(["--window", f"{a.train_window:g}"] if a.train_window else []), "--device", a.device)
+                        "--eval-data", str(self.manifest), "--eval-split", "dev", "--out", str(self.out / out),
+                        "--student-encoder-map", "0,1,2,3,4,5", "--frozen-encoder-layers", "0", "--plan", plan,
+                        "--batch-size", str(self.a.batch_size), "--save-every", "25", "--device", self.a.device, *flags)
 
     def _decoder_stage(self, name: str, plan: str, student: str, *extra: str) -> tuple[str, float]:
         dev = ["--eval-data", str(self.manifest), "--eval-split", "dev", "--eval-every", str(max(1, self.a.steps // 3))]
