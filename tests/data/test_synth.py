@@ -11,7 +11,8 @@ import soundfile as sf
 
 from whisper_kdq.data import synth
 from whisper_kdq.data.audio import SAMPLE_RATE, load_audio
-from whisper_kdq.data.synth import LANGUAGES, SPLITS, load_sentences, plan_corpus, synthesize_corpus
+from whisper_kdq.data.synth import (LANGUAGES, SPLITS, load_sentences, load_test_sentences, plan_corpus,
+                                   synthesize_corpus)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +40,20 @@ def test_english_sentences():
 def test_sentence_files_have_no_duplicate_lines():
     from importlib import resources
 
-    for language in ("ja", "en"):
-        raw = resources.files("whisper_kdq.data.sentences").joinpath(f"{language}.txt").read_text(encoding="utf-8")
+    for name in ("ja", "en", "ja-test", "en-test"):
+        raw = resources.files("whisper_kdq.data.sentences").joinpath(f"{name}.txt").read_text(encoding="utf-8")
         lines = [line.strip() for line in raw.splitlines() if line.strip()]
-        assert len(lines) == len(set(lines)), language
+        assert len(lines) == len(set(lines)), name
+
+
+def test_test_only_sentences_are_new_and_like_the_others():
+    ja, en = load_test_sentences("ja"), load_test_sentences("en")
+    assert len(ja) >= 4 * 90 and len(en) >= 4 * 60  # five times the test split
+    assert not set(ja) & set(load_sentences("ja")) and not set(en) & set(load_sentences("en"))
+    assert not [s for s in ja if re.search(r"[A-Za-zＡ-Ｚａ-ｚ0-9０-９]", s)]
+    assert all(8 <= len(s) <= 40 for s in ja)
+    assert all(5 <= len(s.split()) <= 20 and s.isascii() for s in en)
+    assert not [s for s in en if re.search(r"[0-9$%]", s)]
 
 
 # ----------------------------------------------------------------------------------------------- plan
@@ -102,6 +113,29 @@ def test_proportional_limits_add_up(limit):
         assert {c.split for c in clips} == set(SPLITS)
 
 
+def test_wide_test_adds_test_clips_and_changes_no_other(full_plan):
+    wide = plan_corpus(seed=0, wide_test=True)
+    extra = [c for c in wide if c not in set(full_plan)]
+    assert set(full_plan) <= set(wide) and len({c.id for c in wide}) == len(wide)
+    for language, spec in LANGUAGES.items():
+        mine = [c for c in extra if c.language == language]
+        assert len(mine) == len(load_test_sentences(language))
+        assert {c.split for c in mine} == {"test"} and {c.voice for c in mine} == set(spec.test_voices)
+        assert all(c.id.startswith(f"{language}-test-w") for c in mine)
+        seen = {c.text for c in full_plan if c.language == language and c.split != "test"}
+        assert not {c.text for c in mine} & seen
+    assert [c.split for c in wide] == sorted((c.split for c in wide), key=SPLITS.index)  # test first
+    assert plan_corpus(seed=0, wide_test=True) == wide
+
+
+def test_wide_test_drops_sentences_of_the_main_list():
+    lines = {"ja": load_sentences("ja")[:40], "en": load_sentences("en")[:40]}
+    extra = {"ja": [lines["ja"][0], "新しい文です。"], "en": ["A brand new sentence to read."]}
+    clips = plan_corpus(sentences=lines, wide_test=True, test_sentences=extra)
+    wide = [c for c in clips if "-test-w" in c.id]
+    assert sorted(c.text for c in wide) == ["A brand new sentence to read.", "新しい文です。"]
+
+
 # ------------------------------------------------------------------------------------- synthesis loop
 
 
@@ -150,6 +184,20 @@ def test_corpus_files_and_resume(tmp_path, monkeypatch):
     (tmp_path / rows[3]["audio"]).unlink()
     synthesize_corpus(tmp_path, ja_limit=6, en_limit=4, progress=False)
     assert fake.calls == [rows[3]["text"]]
+
+
+def test_wide_test_grows_an_existing_corpus_in_place(tmp_path, monkeypatch):
+    fake = FakeSynth()
+    monkeypatch.setattr(synth, "synthesize_one", fake)
+    monkeypatch.setattr(synth, "load_test_sentences",
+                        lambda language: {"ja": ["新しい文です。"], "en": ["A brand new sentence to read."]}[language])
+    rows = _rows(synthesize_corpus(tmp_path, ja_limit=6, en_limit=4, progress=False))
+    fake.calls.clear()
+    manifest = synthesize_corpus(tmp_path, ja_limit=6, en_limit=4, progress=False, wide_test=True)
+    assert sorted(fake.calls) == ["A brand new sentence to read.", "新しい文です。"]  # only the new clips
+    wide = _rows(manifest)
+    assert len(wide) == len(rows) + 2 and all(r in wide for r in rows)
+    assert len(_rows(tmp_path / "test.jsonl")) == sum(r["split"] == "test" for r in rows) + 2
 
 
 def test_interrupted_run_continues(tmp_path, monkeypatch):

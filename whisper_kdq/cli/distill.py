@@ -223,7 +223,7 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
                   **settings) -> None:
     """`distill --encoder-only`: the cut encoder trained by regression (whisper_kdq.distill.encoder_trainer)."""
     from whisper_kdq.distill.encoder import EncoderCut
-    from whisper_kdq.distill.encoder_trainer import EncoderTraining
+    from whisper_kdq.distill.encoder_trainer import PACKED_INIT_NEEDS_STUDENT, EncoderTraining
     from whisper_kdq.models.students import spaced_layers
 
     clash = [flag for flag, given in conflicts.items() if given]
@@ -239,7 +239,7 @@ def _encoder_only(t, spec, data, split, limit, eval_data, eval_split, eval_limit
     cut = EncoderCut(frozen, enc[frozen:]).resolve(cfg.encoder_layers)
     dec = spec.decoder_map or spaced_layers(cfg.decoder_layers, spec.decoder_layers or cfg.decoder_layers)
     if settings["qat_init"] == "packed" and spec.pretrained is None:
-        raise UserError("--qat-init packed starts from a packed file's codes: give the file as --student")
+        raise UserError(PACKED_INIT_NEEDS_STUDENT)
     start = None if spec.pretrained is None else _encoder_start(t, spec.pretrained, cut, device)
     if dry_run:
         return _show({"encoder_map": cut.encoder_map, "frozen": cut.frozen, "trained_from": cut.init,

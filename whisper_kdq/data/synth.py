@@ -6,7 +6,9 @@ to the sorted sentences, so the same seed always gives the same corpus and a sma
 (`ja_limit` / `en_limit`) is a subset of the full one (same ids, same audio).
 
 Splits: the test split has its own sentences *and* its own voices (never heard in train); dev has its
-own sentences, read by train voices. Clips are 16 kHz mono FLAC under `<out>/audio/<lang>/<id>.flac`,
+own sentences, read by train voices. `wide_test=True` adds the test-only sentences of
+`sentences/{ja,en}-test.txt` to the test split (5x the clips: a relative change of a few per cent is
+otherwise lost in the noise of 90 / 60 test clips); the other clips do not change. Clips are 16 kHz mono FLAC under `<out>/audio/<lang>/<id>.flac`,
 listed in `<out>/manifest.jsonl` (+ `train.jsonl`, `dev.jsonl`, `test.jsonl`). A clip whose FLAC
 already exists is not synthesized again, so an interrupted run simply continues.
 """
@@ -84,9 +86,18 @@ class Clip:
 
 def load_sentences(language: str) -> list[str]:
     """The packaged sentence list of `language` ("ja" or "en"), unique, in file order."""
+    return _read_sentences(language, f"{language}.txt")
+
+
+def load_test_sentences(language: str) -> list[str]:
+    """The packaged test-only sentences of `language` (the wide test split's additions)."""
+    return _read_sentences(language, f"{language}-test.txt")
+
+
+def _read_sentences(language: str, filename: str) -> list[str]:
     if language not in LANGUAGES:
         raise UserError(f"no sentences for language {language!r} (have {', '.join(LANGUAGES)})")
-    text = resources.files("whisper_kdq.data.sentences").joinpath(f"{language}.txt").read_text(encoding="utf-8")
+    text = resources.files("whisper_kdq.data.sentences").joinpath(filename).read_text(encoding="utf-8")
     seen: dict[str, None] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -135,8 +146,13 @@ def _balanced(rng: random.Random, items: tuple, n: int) -> list:
     return picks
 
 
-def plan_language(language: str, sentences: list[str], *, seed: int = 0, limit: int | None = None) -> list[Clip]:
-    """The clips of one language: split, voice and rate of every sentence. Pure and deterministic."""
+def plan_language(language: str, sentences: list[str], *, seed: int = 0, limit: int | None = None,
+                  test_sentences: list[str] | None = None) -> list[Clip]:
+    """The clips of one language: split, voice and rate of every sentence. Pure and deterministic.
+
+    `test_sentences` (the wide test split) are appended to the test split, read by the test voices,
+    with their own RNG, so every other clip keeps its id; `limit` does not apply to them.
+    """
     spec = LANGUAGES[language]
     ordered = sorted(set(sentences))
     rng = random.Random(f"{seed}:{language}:split")
@@ -157,19 +173,43 @@ def plan_language(language: str, sentences: list[str], *, seed: int = 0, limit: 
                 break
             digest = hashlib.sha1(f"{text}|{voice}|{rate}".encode()).hexdigest()[:6]
             clips.append(Clip(f"{language}-{split}-{i:04d}-{digest}", text, language, split, voice, rate))
+    if test_sentences:
+        clips.extend(_wide_test_clips(language, test_sentences, set(ordered), seed))
+    return clips
+
+
+def _wide_test_clips(language: str, sentences: list[str], taken: set[str], seed: int) -> list[Clip]:
+    """Test clips of the test-only sentences (those also in the main list are dropped: a sentence
+    heard in training must never be tested)."""
+    spec = LANGUAGES[language]
+    ordered = sorted(set(sentences) - taken)
+    random.Random(f"{seed}:{language}:wide:order").shuffle(ordered)
+    voices = _balanced(random.Random(f"{seed}:{language}:wide:voice"), spec.test_voices, len(ordered))
+    rate_rng = random.Random(f"{seed}:{language}:wide:rate")
+    clips = []
+    for i, (text, voice) in enumerate(zip(ordered, voices)):
+        rate = rate_rng.choice(spec.rates)
+        digest = hashlib.sha1(f"{text}|{voice}|{rate}".encode()).hexdigest()[:6]
+        clips.append(Clip(f"{language}-test-w{i:04d}-{digest}", text, language, "test", voice, rate))
     return clips
 
 
 def plan_corpus(*, ja_limit: int | None = None, en_limit: int | None = None, seed: int = 0,
-                sentences: dict[str, list[str]] | None = None) -> list[Clip]:
-    """All clips of the corpus, in synthesis order (test, dev, train; English first within each)."""
+                sentences: dict[str, list[str]] | None = None, wide_test: bool = False,
+                test_sentences: dict[str, list[str]] | None = None) -> list[Clip]:
+    """All clips of the corpus, in synthesis order (test, dev, train; English first within each).
+
+    `wide_test` adds the test-only sentences (`test_sentences`, default the packaged ones)."""
     limits = {"ja": ja_limit, "en": en_limit}
     clips: list[Clip] = []
     for language in ("en", "ja"):
         lines = sentences[language] if sentences is not None else load_sentences(language)
         if limits[language] == 0:
             continue
-        clips.extend(plan_language(language, lines, seed=seed, limit=limits[language]))
+        extra = None
+        if wide_test:
+            extra = test_sentences[language] if test_sentences is not None else load_test_sentences(language)
+        clips.extend(plan_language(language, lines, seed=seed, limit=limits[language], test_sentences=extra))
     return sorted(clips, key=lambda c: SPLITS.index(c.split))  # stable: keeps language/index order
 
 
@@ -274,14 +314,15 @@ class _Reporter:
 
 
 def synthesize_corpus(out_dir: str | Path, *, ja_limit: int | None = None, en_limit: int | None = None,
-                      seed: int = 0, progress: bool = True) -> Path:
+                      seed: int = 0, progress: bool = True, wide_test: bool = False) -> Path:
     """Synthesize (or finish synthesizing) the corpus in `out_dir`; return the manifest path.
 
+    `wide_test` adds the test-only sentences to the test split; an existing corpus grows in place.
     Clips whose FLAC exists are kept as they are; the manifests are rewritten atomically every
     `SAVE_EVERY` new clips and at the end, listing the clips present so far.
     """
     out = Path(out_dir)
-    clips = plan_corpus(ja_limit=ja_limit, en_limit=en_limit, seed=seed)
+    clips = plan_corpus(ja_limit=ja_limit, en_limit=en_limit, seed=seed, wide_test=wide_test)
     rows: list[dict] = []
     failures: list[str] = []
     new = 0

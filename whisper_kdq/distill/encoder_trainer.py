@@ -30,6 +30,8 @@ from whisper_kdq.errors import UserError
 from whisper_kdq.models.refs import LoadedModel
 from whisper_kdq.models.students import cut_student
 
+PACKED_INIT_NEEDS_STUDENT = "--qat-init packed starts from a packed file's codes: give the file as --student"
+
 
 @dataclass
 class EncoderTraining:
@@ -243,7 +245,7 @@ def _quantization_aware(student: LoadedModel, cut: EncoderCut, settings: Encoder
     plan = encoder_plan(plan_from_dict(settings.plan, "plan"), cut)
     # A resumed run restores its weights and scales: no starting codes to compute.
     if settings.qat_init == "packed" and start is None:
-        raise UserError("--qat-init packed starts from a packed file's codes: give it as --student")
+        raise UserError(PACKED_INIT_NEEDS_STUDENT)
     source = start if settings.qat_init == "packed" else student
     init = None if resuming else initial_codes(settings.qat_init, source, plan, train, status)
     prepare_qat(student.model, plan, init=init)
