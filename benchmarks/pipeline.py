@@ -237,6 +237,12 @@ class Pipeline(Studies):
             print(f"{name}: CER ja {100 * row['cer_ja']:.2f}  WER en {100 * row['wer_en']:.2f}  "
                   f"{row['size_bytes'] / 1e6:.1f} MB ({row['ratio']:.2f}x)", flush=True)
 
+    def _test_clips(self) -> dict[str, int]:
+        """Test clips per language as evaluated (a corpus made with --wide-test has five times as many)."""
+        rows = [json.loads(line) for line in self.manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        test = [r["language"] for r in rows if r.get("split") == "test"][: self.a.test_limit or None]
+        return {lang: test.count(lang) for lang in sorted(set(test))}
+
     @staticmethod
     def _commit() -> str:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -246,7 +252,7 @@ class Pipeline(Studies):
 
         meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
                 "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/pipeline.py " + " ".join(sys.argv[1:]),
-                "commit": self._commit(),
+                "commit": self._commit(), "test_clips": self._test_clips(),
                 "settings": {k: str(v) for k, v in vars(self.a).items()}}
         self.results_file.write_text(json.dumps({"meta": meta, "rows": self.results}, indent=2))
         write_report(self.out, meta, self.results)

@@ -9,6 +9,8 @@ def write_report(out: Path, meta: dict, rows: dict) -> None:
     teacher = rows.get("teacher fp32")
     lines = [f"Machine: {meta['machine']}. Date: {meta['date']}. Commit: {meta['commit']}.",
              f"Command: `{meta['command']}`", "",
+             *([f"Test split: {', '.join(f'{n} {lang} clips' for lang, n in meta['test_clips'].items())}.", ""]
+               if meta.get("test_clips") else []),
              "Relative changes carry their 95 % paired-bootstrap interval where both rows kept their predictions "
              "(benchmarks/significance.py).", "",
              "| model | size MB | ratio vs fp32 teacher | bits/weight | CER ja % | WER en % | rel. CER ja | rel. WER en "
@@ -25,7 +27,7 @@ def write_report(out: Path, meta: dict, rows: dict) -> None:
                      f"{100 * r['cer_ja']:.2f} | {100 * r['wer_en']:.2f} | {rel_c} | {rel_w} | {rtf_t} | {rtf_c} | "
                      f"{r.get('train_wall_s', 0):.0f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[5:]), flush=True)
+    print("\n".join(lines[lines.index("") + 1:]), flush=True)
     _plot(out / "pareto.png", rows)
 
 

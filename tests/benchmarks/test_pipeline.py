@@ -142,3 +142,17 @@ def test_encoder_at_30s_row_goes_on_from_the_stage_1_encoder_and_swaps_it_into_t
     assert more[more.index("--out") + 1].endswith("shared-encoder-w30") and more[more.index("--plan") + 1] == "plan-full.json"
     assert swapped[0][0] == p.out / "r" / "model.safetensors" and swapped[0][1] == Path("m")
     assert row == {"model": str(p.out / "r-enc30.safetensors")} and wall == 7.0
+
+
+def test_results_record_the_test_split_size_as_evaluated(tmp_path):
+    p, _ = _pipeline(tmp_path)
+    rows = [{"id": f"{lang}t{i}", "audio": "x.flac", "text": "t", "language": lang, "split": "test"}
+            for lang, n in (("en", 2), ("ja", 3)) for i in range(n)]
+    with p.manifest.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    assert p._test_clips() == {"en": 2, "ja": 3}
+    p.a.test_limit = 3  # `evaluate --limit 3` keeps the split's first three rows
+    assert p._test_clips() == {"en": 2, "ja": 1}
+    p.results = {}
+    p.save()
+    assert json.loads((p.out / "results.json").read_text())["meta"]["test_clips"] == {"en": 2, "ja": 1}

@@ -28,6 +28,14 @@ def test_report_rows_relative_to_the_teacher_and_plot(tmp_path: Path) -> None:
     assert "| +1400.0 % |" in next(line for line in table if line.startswith("| looping |"))
     png = (tmp_path / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert not [line for line in table if line.startswith("Test split")]  # not recorded: not claimed
+
+
+def test_report_states_the_test_split_size(tmp_path: Path) -> None:
+    meta = {"machine": "x86_64", "date": "2026-12-02", "commit": "abc1234", "command": "pipeline.py",
+            "test_clips": {"en": 300, "ja": 450}}
+    write_report(tmp_path, meta, {"teacher fp32": _row(290.4, 0.14, 0.20)})
+    assert "Test split: 300 en clips, 450 ja clips." in (tmp_path / "results.md").read_text().splitlines()
 
 
 def test_relative_columns_carry_paired_intervals_where_predictions_were_kept(tmp_path: Path) -> None:
