@@ -37,3 +37,15 @@ def test_a_student_file_against_the_teacher_file(tmp_path):
     both.write_text(teacher.read_text() + student.read_text())
     refused = _run("--base", both, student)
     assert refused.returncode != 0 and "holds the predictions of 2 models" in refused.stderr
+
+
+def test_ids_keep_a_subset_of_the_utterances(tmp_path):
+    teacher = _write(tmp_path / "t.jsonl", "t", ["the cat sat on a mat", "it is raining today", "see you tomorrow"])
+    student = _write(tmp_path / "s.jsonl", "s", ["the cat sat on a mat", "it is rain in today", "see you tomorrow"])
+    first = json.loads(_run("--base", teacher, student, "--ids", "u[02]", "--json").stdout)
+    en = first["models"][str(student)]["en"]
+    assert first["ids"] == "u[02]" and en["n"] == 2 and en["relative"] == 0.0  # the changed clip u1 is left out
+    none = _run("--base", teacher, student, "--ids", "^x")
+    assert none.returncode != 0 and "no utterance id matches" in none.stderr
+    bad = _run("--base", teacher, student, "--ids", "(")
+    assert bad.returncode != 0 and "not a regular expression" in bad.stderr and "Traceback" not in bad.stderr
