@@ -56,3 +56,10 @@ $PY -m whisper_kdq evaluate --model $O/$N/model.safetensors --data corpus/manife
 $PY benchmarks/significance.py --base $R/teacher-predictions.jsonl $L/enc30-test-w30-predictions.jsonl $L/words-test-w30-predictions.jsonl --json > $L/significance-wide-both.json
 fi
 stamp done
+# English only, with temperature fallback (evaluate --fallback), teacher and the 30-s-encoder model (4.5 min each):
+grep '"split": "test"' corpus/manifest.jsonl | grep '"language": "en"' > corpus/test-en.jsonl
+for m in base:teacher $O/$N-enc30.safetensors:enc30; do
+  $PY -m whisper_kdq evaluate --model ${m%%:*} --data corpus/test-en.jsonl --window 30 --fallback \
+    --predictions $L/${m##*:}-en-fallback-predictions.jsonl --force --json > $L/${m##*:}-en-fallback.json
+done
+$PY benchmarks/significance.py --base $L/teacher-en-fallback-predictions.jsonl $L/enc30-en-fallback-predictions.jsonl --json > $L/significance-en-fallback.json
