@@ -48,6 +48,16 @@ def test_json_schema_on_tiny_model(tiny_model_dir, fixture_manifest, tmp_path):
     assert again.exit_code != 0 and "--force" in again.output
 
 
+def test_language_option_keeps_one_language(tiny_model_dir, fixture_manifest):
+    result = _run("evaluate", "--model", str(tiny_model_dir), "--data", str(fixture_manifest), "--language", "en",
+                  "--split", "test", "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["n"] == 3 and out["language"] == "en" and set(out["models"][0]["languages"]) == {"en"}
+    bad = _run("evaluate", "--model", str(tiny_model_dir), "--data", str(fixture_manifest), "--language", "jp")
+    assert bad.exit_code == 2 and "unknown language code 'jp'" in bad.output and "Traceback" not in bad.output
+
+
 @pytest.mark.parametrize(
     "rows,message",
     [

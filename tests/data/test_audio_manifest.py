@@ -134,6 +134,23 @@ def test_fixture_manifest(fixture_manifest):
         load_dataset(fixture_manifest, split="train")
 
 
+def test_language_filter(fixture_manifest):
+    japanese = load_dataset(fixture_manifest, split="test", language="JA ")
+    assert [u.id for u in japanese.utterances] == ["ja1", "ja2", "ja3"]  # file order kept
+    assert [u.id for u in load_dataset(fixture_manifest, language="en", limit=2).utterances] == ["en1", "en2"]
+    with pytest.raises(ManifestError, match="no usable utterances of language 'de'"):
+        load_dataset(fixture_manifest, language="de")
+    with pytest.raises(ManifestError, match="unknown language code 'jp'"):
+        load_dataset(fixture_manifest, language="jp")
+
+
+def test_language_filter_leaves_out_rows_without_language(tmp_path):
+    _copy_clips(tmp_path, "en1.flac", "en2.flac")
+    path = _jsonl(tmp_path, [{"audio": "en1.flac", "text": "The cat is sleeping."},
+                             {"audio": "en2.flac", "text": "Please close the door.", "language": "en"}])
+    assert [u.audio.name for u in load_dataset(path, language="en").utterances] == ["en2.flac"]
+
+
 def test_empty_text_names_the_line(tmp_path):
     _copy_clips(tmp_path, "en1.flac", "en2.flac")
     path = _jsonl(tmp_path, [{"audio": "en1.flac", "text": "The cat is sleeping."}, "",

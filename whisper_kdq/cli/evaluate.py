@@ -25,6 +25,7 @@ def evaluate(
     model: List[str] = typer.Option(..., "--model", "-m", help="Model reference; repeat to compare models."),
     data: Path = typer.Option(..., "--data", "-d", help="JSONL/CSV manifest or saved datasets directory."),
     split: Optional[str] = typer.Option(None, help="Keep only rows of this split (e.g. test)."),
+    language: Optional[str] = typer.Option(None, help="Keep only rows of this language (e.g. ja)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate the first N utterances only."),
     batch_size: int = typer.Option(8, help="Utterances decoded together."),
     beam_size: int = typer.Option(1, help="1 = greedy."),
@@ -44,7 +45,7 @@ def evaluate(
     if predictions is not None:
         check_output(predictions, force)
     device = resolve_device(device)
-    dataset = load_dataset(data, skip_bad=skip_bad, split=split, limit=limit)
+    dataset = load_dataset(data, skip_bad=skip_bad, split=split, language=language, limit=limit)
     if dataset.skipped:
         console.print(f"[yellow]skipped {len(dataset.skipped)} bad row(s):[/]")
         for reason in dataset.skipped[:20]:
@@ -69,6 +70,7 @@ def evaluate(
     summary = {
         "dataset": str(data),
         "split": split,
+        "language": language,
         "n": len(dataset),
         "skipped": dataset.skipped,
         "models": [{k: v for k, v in r.items() if k != "predictions"} for r in results],

@@ -89,14 +89,20 @@ def load_dataset(
     skip_bad: bool = False,
     check_audio: bool = True,
     split: str | None = None,
+    language: str | None = None,
     limit: int | None = None,
 ) -> Dataset:
     """Load a JSONL/CSV manifest or a saved HF datasets directory.
 
     `check_audio` decodes every clip up front so that a corrupt file is reported before any model
-    work starts. `split` keeps only rows whose `split` column matches. `limit` keeps the first N.
+    work starts. `split` keeps only rows whose `split` column matches, `language` only rows of that
+    language (rows without one are left out). `limit` keeps the first N.
     """
     path = Path(path)
+    if language is not None:
+        language = language.strip().lower()
+        if language not in WHISPER_LANGUAGES:
+            raise ManifestError(f"unknown language code {language!r} (use ISO 639-1 codes such as ja, en)")
     if not path.exists():
         raise ManifestError(f"dataset not found: {path}")
     if path.is_dir():
@@ -115,6 +121,8 @@ def load_dataset(
             utt = _utterance(path, source, row)
             if split is not None and utt.split != split:
                 continue
+            if language is not None and utt.language != language:
+                continue
             if check_audio and utt.samples is None:
                 utt = Utterance(**{**utt.__dict__, "samples": utt.load()})
             good.append(utt)
@@ -125,7 +133,9 @@ def load_dataset(
         if limit is not None and len(good) >= limit:
             break
     if not good:
-        raise ManifestError(f"{path}: no usable utterances" + (f" ({len(skipped)} skipped)" if skipped else ""))
+        wanted = " ".join(f"{k} {v!r}" for k, v in (("of split", split), ("of language", language)) if v is not None)
+        raise ManifestError(f"{path}: no usable utterances" + (f" {wanted}" if wanted else "")
+                            + (f" ({len(skipped)} skipped)" if skipped else ""))
     return Dataset(good, skipped)
 
 
