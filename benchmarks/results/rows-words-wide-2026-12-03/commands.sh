@@ -63,3 +63,11 @@ for m in base:teacher $O/$N-enc30.safetensors:enc30; do
     --predictions $L/${m##*:}-en-fallback-predictions.jsonl --force --json > $L/${m##*:}-en-fallback.json
 done
 $PY benchmarks/significance.py --base $L/teacher-en-fallback-predictions.jsonl $L/enc30-en-fallback-predictions.jsonl --json > $L/significance-en-fallback.json
+# Japanese only, with temperature fallback (2026-12-03 morning, commit 73ebcda; 7.4 and 7.9 min). Run with a grep-filtered
+# manifest (corpus/test-ja.jsonl, as for English above); `--split test --language ja` selects the same 450 clips in the
+# same order (checked), so it is written that way here:
+for m in base:teacher $O/$N-enc30.safetensors:enc30; do
+  $PY -m whisper_kdq evaluate --model ${m%%:*} --data corpus/manifest.jsonl --split test --language ja --window 30 --fallback \
+    --predictions $L/${m##*:}-ja-fallback-predictions.jsonl --force --json > $L/${m##*:}-ja-fallback.json
+done
+$PY benchmarks/significance.py --base $L/teacher-ja-fallback-predictions.jsonl $L/enc30-ja-fallback-predictions.jsonl --json > $L/significance-ja-fallback.json
