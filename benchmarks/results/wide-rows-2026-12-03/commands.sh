@@ -25,6 +25,6 @@ for lang in ja en; do
     --fallback --predictions $L/e8d5-$lang-fallback-predictions.jsonl --force --json > $L/e8d5-$lang-fallback.json
   $PY benchmarks/significance.py --base $W/teacher-$lang-fallback-predictions.jsonl $L/e8d5-$lang-fallback-predictions.jsonl --json > $L/significance-$lang-fallback.json
 done
-# The q4_0-size row was started after this one, stopped at 08:24 for the fallback runs, restarted at 08:38 and did not
-# finish in the session (~7.5 s a step in its first epoch, which runs its own 4/6-bit encoder over every training clip); not measured:
+# The q4_0-size row was started after this one, stopped at 08:24 for the fallback runs, restarted at 08:38 and stopped at
+# 08:53 at step 50: it could not finish in the session (~7.5 s a step in its first epoch, which runs its own 4/6-bit encoder over every training clip); not measured:
 # $PY benchmarks/pipeline.py --out $P --steps 300 --ja 570 --en 325 --rows "teacher CE 0.3+KD+QAT guided per-matrix 4/6-bit (q4_0 size; best on dev)"
