@@ -25,3 +25,10 @@ $PY benchmarks/significance.py --base $R/teacher-predictions.jsonl $W/enc30-test
 $PY -m whisper_kdq evaluate --model $O/$C-enc30.safetensors --data corpus/manifest.jsonl --split test --language en --window 30 --fallback \
   --predictions $L/more-en-fallback-predictions.jsonl --force --json > $L/more-en-fallback.json
 $PY benchmarks/significance.py --base $W/teacher-en-fallback-predictions.jsonl $L/more-en-fallback-predictions.jsonl --json > $L/significance-more-en-fallback.json
+# Which part costs Japanese: the continued model's decoder and embedding (dequantized) with the fp32 teacher's
+# encoder, as a transformers directory, Japanese clips greedy (08:42-08:59, 14.5 min, the machine partly shared).
+$PY $L/float_encoder.py
+$PY -m whisper_kdq evaluate --model $O/more-float-encoder --data corpus/manifest.jsonl --split test --language ja --window 30 \
+  --predictions $L/float-encoder-ja-predictions.jsonl --force --json > $L/float-encoder-ja.json
+$PY benchmarks/significance.py --ids '^ja-' --base $R/teacher-predictions.jsonl $L/more-enc30-test-w30-predictions.jsonl \
+  $L/float-encoder-ja-predictions.jsonl --json > $L/significance-float-encoder-ja.json
