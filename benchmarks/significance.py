@@ -51,9 +51,13 @@ def main() -> None:
         except re.error as exc:
             raise SystemExit(f"--ids {args.ids!r}: not a regular expression ({exc})") from None
     base = read_predictions(args.base, args.ids)
-    result = {str(p): {lang: c.as_dict() for lang, c in
-                       compare_predictions(base, read_predictions(p, args.ids), args.rounds).items()}
-              for p in args.others}
+    result = {}
+    for p in args.others:
+        try:
+            changes = compare_predictions(base, read_predictions(p, args.ids), args.rounds)
+        except ValueError as exc:  # e.g. a language-filtered run against a whole split: say so, no traceback
+            raise SystemExit(f"{p} against {args.base}: {exc} (--ids REGEX compares on a common subset)") from None
+        result[str(p)] = {lang: c.as_dict() for lang, c in changes.items()}
     if args.json:
         print(json.dumps({"base": str(args.base), "ids": args.ids, "models": result}, indent=2))
         return

@@ -49,3 +49,14 @@ def test_ids_keep_a_subset_of_the_utterances(tmp_path):
     assert none.returncode != 0 and "no utterance id matches" in none.stderr
     bad = _run("--base", teacher, student, "--ids", "(")
     assert bad.returncode != 0 and "not a regular expression" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_files_of_different_clips_are_refused_in_one_line(tmp_path):
+    teacher = _write(tmp_path / "t.jsonl", "t", ["the cat sat on a mat", "it is raining today", "see you tomorrow"])
+    partial = tmp_path / "p.jsonl"
+    partial.write_text(teacher.read_text().splitlines()[0] + "\n")
+    refused = _run("--base", teacher, partial)
+    assert refused.returncode != 0 and "different utterances" in refused.stderr and "--ids" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    subset = json.loads(_run("--base", teacher, partial, "--ids", "u0", "--json").stdout)
+    assert subset["models"][str(partial)]["en"]["n"] == 1
