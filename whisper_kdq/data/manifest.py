@@ -100,9 +100,7 @@ def load_dataset(
     """
     path = Path(path)
     if language is not None:
-        language = language.strip().lower()
-        if language not in WHISPER_LANGUAGES:
-            raise ManifestError(f"unknown language code {language!r} (use ISO 639-1 codes such as ja, en)")
+        language = _language_code(language)
     if not path.exists():
         raise ManifestError(f"dataset not found: {path}")
     if path.is_dir():
@@ -149,9 +147,10 @@ def _utterance(manifest: Path, source: str, row: dict) -> Utterance:
         raise ManifestError(f"{source}: missing or empty text")
     language = row.get("language") or None
     if language is not None:
-        language = str(language).strip().lower()
-        if language not in WHISPER_LANGUAGES:
-            raise ManifestError(f"{source}: unknown language code {language!r} (use ISO 639-1 codes such as ja, en)")
+        try:
+            language = _language_code(language)
+        except ManifestError as exc:
+            raise ManifestError(f"{source}: {exc}") from None
     split = row.get("split") or None
     uid = str(row.get("id") or source)
     samples = row.get("_samples")
@@ -166,6 +165,14 @@ def _utterance(manifest: Path, source: str, row: dict) -> Utterance:
     if not audio_path.is_file():
         raise ManifestError(f"{source}: audio file not found: {audio_path}")
     return Utterance(uid, text.strip(), language, audio_path, None, split, source)
+
+
+def _language_code(value: object) -> str:
+    """`value` as one of Whisper's language codes, so that a typo is caught up front."""
+    code = str(value).strip().lower()
+    if code not in WHISPER_LANGUAGES:
+        raise ManifestError(f"unknown language code {code!r} (use ISO 639-1 codes such as ja, en)")
+    return code
 
 
 def _jsonl_rows(path: Path):
