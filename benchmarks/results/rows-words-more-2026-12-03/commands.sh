@@ -32,3 +32,8 @@ $PY -m whisper_kdq evaluate --model $O/more-float-encoder --data corpus/manifest
   --predictions $L/float-encoder-ja-predictions.jsonl --force --json > $L/float-encoder-ja.json
 $PY benchmarks/significance.py --ids '^ja-' --base $R/teacher-predictions.jsonl $L/more-enc30-test-w30-predictions.jsonl \
   $L/float-encoder-ja-predictions.jsonl --json > $L/significance-float-encoder-ja.json
+# The same hybrid on the English clips (2026-12-03, 09:30-09:36, commit 876c05b), against the quantized pair:
+$PY -m whisper_kdq evaluate --model $O/more-float-encoder --data corpus/manifest.jsonl --split test --language en --window 30 \
+  --predictions $L/float-encoder-en-predictions.jsonl --force --json > $L/float-encoder-en.json
+$PY benchmarks/significance.py --ids '^en-' --base $R/teacher-predictions.jsonl $L/more-enc30-test-w30-predictions.jsonl \
+  $L/float-encoder-en-predictions.jsonl --json > $L/significance-float-encoder-en.json
