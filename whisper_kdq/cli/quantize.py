@@ -22,6 +22,8 @@ def quantize(
     group_size: Optional[str] = typer.Option(None, help="N, 'channel' or 'tensor' (default: channel at 8 bits, 128 below)."),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="Store an offset per group (APoT always stores its mean)."),
     full_range: bool = typer.Option(False, "--full-range", help="Uniform symmetric on all 2**bits codes with a signed scale (q4_0's grid; no extra bytes)."),
+    scale_bits: int = typer.Option(16, "--scale-bits", help="Store the default spec's scales as fp16 (16) or 8-bit log codes (8: ~1 byte a scale, within 2.8 %; for weights at 4 bits or fewer)."),
+    floats: Optional[str] = typer.Option(None, "--floats", help="Store biases, norms and float weights as f32 (default) or f16."),
     encoder_bits: Optional[int] = typer.Option(None, help="Bits for encoder layers (0 = keep float)."),
     decoder_bits: Optional[int] = typer.Option(None, help="Bits for decoder layers (0 = keep float)."),
     embedding_bits: Optional[int] = typer.Option(None, help="Bits for the token embedding / output projection (0 = float)."),
@@ -32,7 +34,7 @@ def quantize(
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Also round the inputs of quantized linear layers to N bits (4-8) per token, at run time (default: float activations)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Per-tensor plan JSON (docs/PLAN.md); flags above add rules after it."),
     clip: Optional[str] = typer.Option(None, help="Clipping search: mse (weight error, default), max (none), output (needs --calibration)."),
-    method: str = typer.Option("rtn", "--method", help="rtn (nearest code after the clip search) or gptq (error-correcting rounding; needs --calibration)."),
+    method: str = typer.Option("rtn", "--method", help="rtn (nearest code after the clip search), gptq (error-correcting rounding; needs --calibration) or keep (a packed --model's own grid, re-stored: with --plan its plan and new scale_bits / floats)."),
     calibration: Optional[Path] = typer.Option(None, help="Manifest for --clip output or --method gptq (a few clips are decoded)."),
     calibration_clips: Optional[int] = typer.Option(None, help="How many calibration clips to decode, taken in turn from each language (default 8; 32 with --method gptq)."),
     calibration_split: Optional[str] = typer.Option(None, help="Calibrate only on the manifest rows of this split (e.g. train)."),
@@ -55,8 +57,8 @@ def quantize(
         raise UserError(f"{out} exists; use --force to overwrite it")
     if clip == "output" and calibration is None:
         raise UserError("--clip output needs --calibration MANIFEST")
-    if method not in ("rtn", "gptq"):
-        raise UserError(f"unknown --method {method!r}: use rtn or gptq")
+    if method not in ("rtn", "gptq", "keep"):
+        raise UserError(f"unknown --method {method!r}: use rtn, gptq or keep")
     if method == "gptq" and calibration is None:
         raise UserError("--method gptq needs --calibration MANIFEST")
     if calibration_clips is not None and calibration_clips < 1:
@@ -67,7 +69,7 @@ def quantize(
                                  symmetric=False if asymmetric else None, component_bits=components,
                                  overrides=override, clip=clip if clip or calibration is None else "output",
                                  base=load_plan(plan) if plan is not None else None, activation_bits=act_bits,
-                                 full_range=full_range)
+                                 full_range=full_range, scale_bits=scale_bits, floats=floats)
     if embedding_rows_bits is not None and not 2 <= embedding_rows_bits <= 8:
         raise UserError(f"--embedding-rows-bits must be 2-8, got {embedding_rows_bits}")
     if embedding_rows_bits is not None and (rows_from or calibration) is None:
@@ -89,8 +91,14 @@ def quantize(
         summary = predict_packed(loaded.model, the_plan, loaded.processor)
         _report(summary, specs, "would write", out, as_json, dry_run=True)
         return
-    weights, quantized = None, None
-    if method == "gptq":
+    weights, quantized, kept = None, None, None
+    if method == "keep":
+        from whisper_kdq.quant.repack import kept_grid
+
+        if loaded.kind != "packed":
+            raise UserError(f"--method keep re-stores a packed checkpoint's grid; {model} is a {loaded.kind} model")
+        kept = kept_grid(loaded.path, the_plan, state)
+    elif method == "gptq":
         quantized = _gptq(loaded, the_plan, specs, calibration, calibration_split, calibration_clips or 32, quiet=as_json)
     elif the_plan.clip == "output":
         from whisper_kdq.data.manifest import load_dataset
@@ -101,7 +109,7 @@ def quantize(
             weights = input_energy(loaded.model, loaded.processor, load_dataset(calibration, split=calibration_split), n)
     with console.status(f"quantizing {model}"):
         summary = save_packed(out, loaded.model.cpu(), loaded.processor, the_plan, force=force, column_weights=weights,
-                              quantized=quantized)
+                              quantized=quantized, qparams=kept)
     summary["method"] = method
     _report(summary, specs, "wrote", out, as_json, dry_run=False)
 
@@ -136,10 +144,11 @@ def _report(summary: dict, specs: dict, verb: str, out: Optional[Path], as_json:
     table = Table("tensor", "shape", "quantization", "bytes", box=None, pad_edge=False)
     for name, row in summary["tensors"].items():
         spec = row["spec"]
-        what = "float32" if spec is None else f"{spec['scheme']} {spec['bits']}-bit " + (
+        what = ("float16" if summary.get("plan", {}).get("floats") == "f16" else "float32") if spec is None else f"{spec['scheme']} {spec['bits']}-bit " + (
             f"group {spec['group_size']}" if spec["granularity"] == "group" else spec["granularity"]) + (
             " full-range" if spec.get("full_range") else "" if spec["symmetric"] else " +offset") + (
-            f", {spec['rows']['count']} rows {spec['rows']['bits']}-bit" if "rows" in spec else "")
+            f", {spec['rows']['count']} rows {spec['rows']['bits']}-bit" if "rows" in spec else "") + (
+            ", 8-bit scales" if spec.get("scale_bits") == 8 else "")
         table.add_row(name, "x".join(map(str, row["shape"])), what, f"{row['bytes']:,}")
     console.print(table)
     quantized = sum(1 for s in specs.values() if s is not None)

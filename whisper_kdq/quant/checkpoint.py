@@ -1,4 +1,4 @@
-"""The packed checkpoint: one `.safetensors` file of bit-packed codes, fp16 scales and float tensors.
+"""The packed checkpoint: one `.safetensors` file of bit-packed codes, scales (fp16 or 8-bit) and float tensors.
 
 We write the safetensors container ourselves (8-byte header length, JSON header, data) so that the
 header, and therefore the file size, is known before any weight is quantized: `--dry-run` predicts
@@ -26,6 +26,7 @@ from whisper_kdq.quant.generated import generate, generated_tensors
 from whisper_kdq.quant.metadata import FORMAT_NAME, FORMAT_VERSION, check_metadata, format_version
 from whisper_kdq.quant.packing import pack, packed_nbytes, unpack
 from whisper_kdq.quant.plan import Plan
+from whisper_kdq.quant.scales import SCALE_BLOCK, decode_scales, encode_scales
 from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, quantize_split, stored_parts
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, quantize
 
@@ -80,7 +81,10 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
             continue  # the metadata names its formula (quant/generated.py)
         spec = specs.get(name)
         if spec is None:
-            entries.append(Entry(name, "F32", tuple(t.shape), None if dry else (lambda t=t: t.detach().float().cpu())))
+            if plan.floats == "f16":
+                entries.append(Entry(name, "F16", tuple(t.shape), None if dry else (lambda t=t: t.detach().half().cpu())))
+            else:
+                entries.append(Entry(name, "F32", tuple(t.shape), None if dry else (lambda t=t: t.detach().float().cpu())))
             continue
         split = splits.get(name)
         parts = stored_parts(name, spec, tuple(t.shape), split)
@@ -110,7 +114,13 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
             groups, n = n_groups(shape, pspec), int(np.prod(shape))
             entries.append(Entry(f"{part}::codes", "U8", (packed_nbytes(n, pspec.bits),),
                                  None if dry else (lambda q=q, p=part, b=pspec.bits: pack(q()[p].codes, b))))
-            entries.append(Entry(f"{part}::scales", "F16", (groups,), None if dry else (lambda q=q, p=part: q()[p].scales)))
+            if pspec.scale_bits == 8:  # quant/scales.py: a U8 code per scale, an F16 (lo, step) pair per block
+                entries.append(Entry(f"{part}::scales", "U8", (groups,),
+                                     None if dry else (lambda q=q, p=part: encode_scales(q()[p].scales)[0])))
+                entries.append(Entry(f"{part}::scale_ranges", "F16", (-(-groups // SCALE_BLOCK), 2),
+                                     None if dry else (lambda q=q, p=part: encode_scales(q()[p].scales)[1])))
+            else:
+                entries.append(Entry(f"{part}::scales", "F16", (groups,), None if dry else (lambda q=q, p=part: q()[p].scales)))
             if not pspec.symmetric:
                 entries.append(Entry(f"{part}::offsets", "F16", (groups,), None if dry else (lambda q=q, p=part: q()[p].offsets)))
             if pspec.scheme == "apot":
@@ -151,7 +161,7 @@ def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Ent
     extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
     extra.update({"generated": json.dumps(generated, sort_keys=True)} if generated else {})
     version = format_version(activations=activations is not None, rows=any("rows" in m for m in qmeta.values()),
-                             generated=bool(generated))
+                             generated=bool(generated), scales=any(m.get("scale_bits", 16) != 16 for m in qmeta.values()))
     return {
         "format": FORMAT_NAME,
         "format_version": version,
@@ -187,7 +197,8 @@ def predict_packed(model: torch.nn.Module, plan: Plan, processor=None) -> dict:
         entries.append(Entry(TOKENIZER_KEY, "U8", (blob_len,)))
         entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
     meta = _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER, _activations(model, plan, qmeta), generated)
-    return {**_summary(model, entries, qmeta, tied, 8 + len(_header(entries, meta))), "activation_bits": plan.activation_bits}
+    return {**_summary(model, entries, qmeta, tied, 8 + len(_header(entries, meta))), "activation_bits": plan.activation_bits,
+            "plan": plan.as_dict()}
 
 
 def _summary(model, entries: list[Entry], qmeta: dict, tied: dict, header_bytes: int) -> dict:
@@ -308,7 +319,8 @@ def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def _spec(m: dict) -> QuantSpec:
     """A tensor's spec as the header's `quantization` entry records it."""
     return QuantSpec(m["scheme"], m["bits"], m["granularity"], m["group_size"], m["symmetric"],
-                     bool(m.get("full_range", False)))  # absent in files written before it existed
+                     bool(m.get("full_range", False)),  # absent in files written before it existed
+                     int(m.get("scale_bits", 16)))  # absent: fp16 (every file before version 5)
 
 
 def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTensor]:
@@ -320,7 +332,10 @@ def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTenso
                                                       replace(spec, bits=m["rows"]["bits"]))
         for part, pspec, pshape in stored_parts(name, spec, tuple(m["shape"]), split):
             codes = unpack(tensors[f"{part}::codes"], pspec.bits, int(np.prod(pshape))).reshape(pshape)
-            out[part] = QTensor(codes, tensors[f"{part}::scales"], tensors.get(f"{part}::offsets"), pspec, pshape,
+            scales = tensors[f"{part}::scales"]
+            if pspec.scale_bits == 8:
+                scales = decode_scales(scales, tensors[f"{part}::scale_ranges"])
+            out[part] = QTensor(codes, scales, tensors.get(f"{part}::offsets"), pspec, pshape,
                                 None if split is None or part == name else split.rows)
     return out
 

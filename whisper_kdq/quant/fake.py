@@ -22,7 +22,8 @@ from torch.nn.utils import parametrize
 from whisper_kdq.quant.generated import generated_tensors
 from whisper_kdq.quant.plan import Plan
 from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, merge_rows, split_rows
-from whisper_kdq.quant.schemes import QTensor, QuantSpec, _fp16_scale, _sorted_levels, choose_params, dequantize
+from whisper_kdq.quant.scales import stored_scales
+from whisper_kdq.quant.schemes import QTensor, QuantSpec, _sorted_levels, choose_params, dequantize
 
 __all__ = ["FakeQuantWeight", "RowSplitFakeQuant", "prepare_qat", "qat_modules", "qat_params", "convert_to_packed",
            "computed_once", "matching_init"]
@@ -98,9 +99,9 @@ class FakeQuantWeight(_Memoized):
 
     def _fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
         x = self._groups(w)
-        # Forward value: exactly the fp16 scale the file stores; gradient: LSQ-scaled, to self.scale.
+        # Forward value: exactly the scale the file stores (fp16 or 8-bit); gradient: LSQ-scaled, to self.scale.
         g = _grad_scale(self.scale, self.grad_factor)
-        s = _fp16_scale(self.scale.detach()) + (g - g.detach())
+        s = stored_scales(self.scale.detach(), self.spec.scale_bits) + (g - g.detach())
         offset = None if self.offset is None else self.offset.to(x.dtype)
         y = (x if offset is None else x - offset[:, None]) / s[:, None]
         y = torch.clamp(y, float(self.levels[0]), float(self.levels[-1]))  # clipped: grad goes to s only

@@ -15,15 +15,15 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "VERSIONS", "format_version", "check
 
 FORMAT_NAME = "whisper-kdq-packed"
 # The newest this tool reads and writes. Version 1: weights only; 2: + quantized activations; 3: + row splits;
-# 4: + generated tensors (each adds to the last). Writers write the lowest version that holds the file.
-FORMAT_VERSION = 4
-VERSIONS = ("1", "2", "3", "4")
+# 4: + generated tensors; 5: + 8-bit scales (each adds to the last). Writers write the lowest version that holds the file.
+FORMAT_VERSION = 5
+VERSIONS = ("1", "2", "3", "4", "5")
 
 
-def format_version(*, activations: bool, rows: bool, generated: bool) -> str:
+def format_version(*, activations: bool, rows: bool, generated: bool, scales: bool = False) -> str:
     """The lowest version that holds the file: a reader that does not know quantized activations (2), row
-    splits (3) or generated tensors (4) then refuses it rather than run it wrong; others read it."""
-    return "4" if generated else "3" if rows else "2" if activations else "1"
+    splits (3), generated tensors (4) or 8-bit scales (5) then refuses it rather than run it wrong; others read it."""
+    return "5" if scales else "4" if generated else "3" if rows else "2" if activations else "1"
 
 
 def check_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -38,12 +38,17 @@ def check_metadata(path: Path, meta: dict[str, str]) -> None:
         raise CheckpointError(f"{path}: damaged header (format version {version} "
                               f"{'needs' if version == '2' else 'has no'} activation settings)")
     try:
-        split = any("rows" in m for m in json.loads(meta["quantization"]).values())
+        table = json.loads(meta["quantization"]).values()
+        split = any("rows" in m for m in table)
+        small_scales = any(m.get("scale_bits", 16) != 16 for m in table)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: damaged header (no readable quantization table)") from None
-    if split and version not in ("3", "4"):
+    if split and version not in ("3", "4", "5"):
         raise CheckpointError(f"{path}: damaged header (row splits in a format version {version} file)")
-    if ("generated" in meta) != (version == "4"):
+    if small_scales != (version == "5"):
+        raise CheckpointError(f"{path}: damaged header (format version {version} "
+                              f"{'needs' if version == '5' else 'has no'} 8-bit scales)")
+    if version == "4" and "generated" not in meta or version in ("1", "2", "3") and "generated" in meta:
         raise CheckpointError(f"{path}: damaged header (format version {version} "
                               f"{'needs' if version == '4' else 'has no'} generated tensors)")
     try:  # each names a formula this version knows, at a shape it can build

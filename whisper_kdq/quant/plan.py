@@ -34,7 +34,8 @@ COMPONENTS = {
 # Positional tables are kept float unless a later rule says otherwise (whisper.cpp does the same;
 # they are position-wise lookups, not matrix products, and small).
 BUILTIN_FLOAT = r"\.embed_positions\.weight$"
-_FIELDS = ("scheme", "bits", "granularity", "group_size", "symmetric", "full_range")
+_FIELDS = ("scheme", "bits", "granularity", "group_size", "symmetric", "full_range", "scale_bits")
+FLOATS = ("f32", "f16")  # how a packed file stores the float tensors (biases, norms, float weights)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Plan:
     clip: str = "mse"  # clipping search: mse (weight error), max (none), output (needs calibration)
     activation_bits: int | None = None  # inputs of quantized linear layers rounded per token (None: float)
     row_rules: list[RowRule] = field(default_factory=list)  # e.g. the token embedding's frequent rows
+    floats: str = "f32"  # f16 halves the float tensors' bytes (whisper's own weights are fp16)
 
     def resolve(self, state: dict[str, torch.Tensor]) -> dict[str, QuantSpec | None]:
         """Spec (None = float) of every candidate tensor in `state`, in state order."""
@@ -119,6 +121,8 @@ class Plan:
             out["activations"] = {"bits": self.activation_bits}
         if self.row_rules:
             out["rows"] = [r.as_dict() for r in self.row_rules]
+        if self.floats != "f32":
+            out["floats"] = self.floats
         return out
 
     def save(self, path: Path) -> None:
@@ -159,10 +163,11 @@ def spec_from_fields(fields: dict, where: str = "plan") -> QuantSpec:
         raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}: use {', '.join(_FIELDS)}, spec or float")
     checks = {"scheme": (str, f"one of {', '.join(SCHEMES)}"), "bits": (int, "an integer 2-8"),
               "granularity": (str, f"one of {', '.join(GRANULARITIES)}"), "group_size": ((int, type(None)), "an integer or null"),
-              "symmetric": ((bool, type(None)), "true or false"), "full_range": (bool, "true or false")}
+              "symmetric": ((bool, type(None)), "true or false"), "full_range": (bool, "true or false"),
+              "scale_bits": (int, "16 or 8")}
     for key, value in fields.items():
         kind, what = checks[key]
-        if not isinstance(value, kind) or (key == "bits" and isinstance(value, bool)):
+        if not isinstance(value, kind) or (key in ("bits", "scale_bits") and isinstance(value, bool)):
             raise UserError(f"{where}.{key}: expected {what}, got {json.dumps(value)}")
     try:
         return QuantSpec(**_gran(fields))
@@ -189,7 +194,7 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
         raise UserError(f"{where}.format: expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
     if data.get("version", PLAN_VERSION) != PLAN_VERSION:
         raise UserError(f"{where}.version: unsupported plan version {data.get('version')!r} (this tool reads {PLAN_VERSION})")
-    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note", "selection", "activations", "rows"}
+    unknown = set(data) - {"format", "version", "default", "rules", "clip", "note", "selection", "activations", "rows", "floats"}
     if unknown:
         raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     default = data.get("default")
@@ -217,8 +222,11 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
             raise UserError(f"{at}: give at least one of {', '.join(_FIELDS)}, spec, or float: true")
         spec_from_fields(_merged(spec or QuantSpec(), rest), at)  # validate now, name the field
         rules.append(Rule(item["pattern"], rest, False, at))
+    floats = data.get("floats", "f32")
+    if floats not in FLOATS:
+        raise UserError(f"{where}.floats: expected one of {', '.join(FLOATS)}, got {json.dumps(floats)}")
     return Plan(spec, rules, clip, _activation_bits(data.get("activations"), f"{where}.activations"),
-                _row_rules(data.get("rows", []), f"{where}.rows"))
+                _row_rules(data.get("rows", []), f"{where}.rows"), floats)
 
 
 def _row_rules(value: object, where: str) -> list[RowRule]:
@@ -267,7 +275,8 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
                       granularity: str | None = None, symmetric: bool | None = None,
                       component_bits: dict[str, int | None] | None = None,
                       overrides: list[str] | None = None, clip: str | None = None, base: Plan | None = None,
-                      activation_bits: int | None = None, full_range: bool = False) -> Plan:
+                      activation_bits: int | None = None, full_range: bool = False, scale_bits: int = 16,
+                      floats: str | None = None) -> Plan:
     """The plan the CLI flags describe. Without a group size, 8 bits are per-channel (CTranslate2's
     int8 layout) and fewer bits use groups of 128 (per-channel 4-bit collapses whisper-base)."""
     clip = clip or (base.clip if base is not None else "mse")
@@ -278,8 +287,15 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
     if granularity == "group" and not group_size:
         group_size = 128
     default = spec_from_fields({"scheme": scheme, "bits": bits, "granularity": granularity,
-                                "group_size": group_size, "symmetric": symmetric, "full_range": full_range}, "options")
+                                "group_size": group_size, "symmetric": symmetric, "full_range": full_range,
+                                "scale_bits": scale_bits}, "options")
     plan = Plan(default, [], clip) if base is None else replace(base, rules=list(base.rules), clip=clip, row_rules=list(base.row_rules))
+    if base is not None and scale_bits != 16 and plan.default is not None:  # the flag applies over a plan file too
+        plan.default = replace(plan.default, scale_bits=scale_bits)
+    if floats is not None:
+        if floats not in FLOATS:
+            raise UserError(f"--floats: expected one of {', '.join(FLOATS)}, got {floats!r}")
+        plan.floats = floats
     # The conv front-end is 0.3 % of whisper-base and feeds everything: 8 bits unless told otherwise.
     # (A flag left unset arrives as None: it must not erase that default.)
     given = {k: b for k, b in (component_bits or {}).items() if b is not None}

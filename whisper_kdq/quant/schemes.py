@@ -15,6 +15,7 @@ from functools import lru_cache
 import torch
 
 from whisper_kdq.errors import UserError
+from whisper_kdq.quant.scales import stored_scales
 
 __all__ = ["SCHEMES", "GRANULARITIES", "QuantSpec", "QTensor", "Quantizer", "UniformQuantizer", "ApotQuantizer",
            "apot_levels", "parse_spec", "quantizer_for", "quantize", "dequantize"]
@@ -31,7 +32,8 @@ class QuantSpec:
     APoT: False, i.e. the group mean is stored as an offset: the paper's weight normalisation).
     `full_range` (uniform symmetric only): use all 2**bits codes, -2**(b-1) … 2**(b-1)-1, with a signed
     scale that puts the group's largest magnitude on the extra level (llama.cpp's q4_0 grid): at 2 bits
-    four levels instead of three, at no storage cost."""
+    four levels instead of three, at no storage cost. `scale_bits`: how the file stores the scales, 16 (fp16) or
+    8 (log codes, quant/scales.py)."""
 
     scheme: str = "uniform"
     bits: int = 8
@@ -39,6 +41,7 @@ class QuantSpec:
     group_size: int | None = None
     symmetric: bool | None = None
     full_range: bool = False
+    scale_bits: int = 16
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -56,18 +59,23 @@ class QuantSpec:
             object.__setattr__(self, "symmetric", self.scheme == "uniform")
         if self.full_range and not (self.scheme == "uniform" and self.symmetric):
             raise UserError("full_range applies to symmetric uniform quantization only")
+        if self.scale_bits not in (8, 16) or isinstance(self.scale_bits, bool):
+            raise UserError(f"scale bits must be 16 (fp16) or 8 (log codes), got {self.scale_bits!r}")
 
     @property
     def short(self) -> str:
         """Compact name, e.g. `uniform4g128s`, `apot3ca`, `uniform8ts` (t tensor, c channel; s/a symmetric or
         not; f symmetric full-range)."""
         gran = {"per-tensor": "t", "per-channel": "c"}.get(self.granularity, f"g{self.group_size}")
-        return f"{self.scheme}{self.bits}{gran}{'f' if self.full_range else 's' if self.symmetric else 'a'}"
+        short = f"{self.scheme}{self.bits}{gran}{'f' if self.full_range else 's' if self.symmetric else 'a'}"
+        return short if self.scale_bits == 16 else f"{short}:s{self.scale_bits}"
 
     def as_dict(self) -> dict:
         # full_range always written, so that a rule's spec merged onto a full-range default resets it.
+        # scale_bits only when not the default, so that files and plans without it read as before.
         return {"scheme": self.scheme, "bits": self.bits, "symmetric": self.symmetric,
-                "granularity": self.granularity, "group_size": self.group_size, "full_range": self.full_range}
+                "granularity": self.granularity, "group_size": self.group_size, "full_range": self.full_range,
+                **({"scale_bits": self.scale_bits} if self.scale_bits != 16 else {})}
 
 
 _SHORT = re.compile(r"^(uniform|apot)([0-9]+)(t|c|g[0-9]+)?([saf])?$")
@@ -88,11 +96,11 @@ def parse_spec(text: str) -> QuantSpec:
 
 @dataclass
 class QTensor:
-    """A quantized tensor: one code per weight (row-major, unsigned, < 2**bits), one fp16 scale (and
-    offset) per group; `table` maps a code to its level (APoT only; uniform tables are implicit)."""
+    """A quantized tensor: one code per weight (row-major, unsigned, < 2**bits), one scale (and fp16
+    offset) per group (fp16, or float32 values of the 8-bit log grid when `spec.scale_bits` is 8); `table` maps a code to its level (APoT only; uniform tables are implicit)."""
 
     codes: torch.Tensor  # uint8, shape == weight shape
-    scales: torch.Tensor  # float16, [groups]
+    scales: torch.Tensor  # float16 (float32 with 8-bit scales), [groups]
     offsets: torch.Tensor | None  # float16, [groups], None when symmetric
     spec: QuantSpec
     shape: tuple[int, ...] = field(default=())
@@ -190,9 +198,9 @@ class Quantizer(ABC):
 
 def _fp16_scale(scale: torch.Tensor) -> torch.Tensor:
     """Round to fp16 as stored; a scale that underflows to 0 (an all-zero group) becomes 1, which
-    still encodes that group's zeros exactly instead of dividing by zero. Full-range scales are signed."""
-    s = scale.half().float()
-    return torch.where(s != 0, s, torch.ones_like(s))
+    still encodes that group's zeros exactly instead of dividing by zero. Full-range scales are signed.
+    (The clip search's candidates; `quantize` then rounds the chosen scales as `spec.scale_bits` stores them.)"""
+    return stored_scales(scale, 16)
 
 
 class UniformQuantizer(Quantizer):
@@ -346,12 +354,13 @@ def quantize(w: torch.Tensor, spec: QuantSpec, clip: str = "mse", scale: torch.T
     if scale is None:
         scale, offset = choose_params(w, spec, clip, column_weight)
     else:
-        scale = _fp16_scale(scale.detach().float().reshape(-1))
         offset = None if offset is None else offset.detach().float().reshape(-1).half().float()
+    scale = stored_scales(scale.detach().float().reshape(-1), spec.scale_bits)
     x = to_groups(w, spec)
     codes = quantizer_for(spec).encode(x, scale, offset)
     codes = from_groups(codes, tuple(w.shape)).to(torch.uint8)
-    return QTensor(codes, scale.half(), None if offset is None else offset.half(), spec, tuple(w.shape))
+    return QTensor(codes, scale.half() if spec.scale_bits == 16 else scale, None if offset is None else offset.half(),
+                   spec, tuple(w.shape))
 
 
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32, table: torch.Tensor | None = None) -> torch.Tensor:
