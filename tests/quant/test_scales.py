@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model, tiny_processor_obj
+from tests.quant.test_checkpoint import _rewrite_meta
 from whisper_kdq.errors import CheckpointError, UserError
 from whisper_kdq.models.refs import load_model
 from whisper_kdq.quant.checkpoint import predict_packed, quantized_copy, read_packed, save_packed
@@ -93,23 +94,9 @@ def test_qat_with_8_bit_scales_packs_to_the_same_logits(tmp_path):
     assert torch.equal(stored, stored_scales(fc1.scale.detach(), 8))
 
 
-def _rewrite(raw: bytes, **meta) -> bytes:
-    import hashlib
-    import struct
-
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    header["__metadata__"].update(meta)
-    data = raw[8 + n:]
-    header["__metadata__"]["checksum"] = "sha256:" + hashlib.sha256(data).hexdigest()
-    text = json.dumps(header).encode()
-    text += b" " * ((-len(text)) % 8)
-    return struct.pack("<Q", len(text)) + text + data
-
-
 def test_8_bit_scales_outside_version_5_are_refused(tmp_path):
     save_packed(tmp_path / "v5.safetensors", tiny_model(), tiny_processor_obj(), _plan(scale_bits=8))
-    (tmp_path / "bad.safetensors").write_bytes(_rewrite((tmp_path / "v5.safetensors").read_bytes(), format_version="4"))
+    (tmp_path / "bad.safetensors").write_bytes(_rewrite_meta((tmp_path / "v5.safetensors").read_bytes(), format_version="4"))
     with pytest.raises(CheckpointError, match="format version 4 has no 8-bit scales"):
         load_model(str(tmp_path / "bad.safetensors"))
 
