@@ -44,6 +44,6 @@ $PY benchmarks/significance.py --base $T/teacher-en-fallback-predictions.jsonl $
 stamp done-more
 # What the storage costs (run after the above, 14:45): the same trained model before re-storing (fp16 scales, f32
 # floats: 28 287 016 bytes, 10.27x), Japanese greedy.
-# $PY -m whisper_kdq evaluate --model $O/$N-enc30.safetensors --data corpus/manifest.jsonl --split test --language ja \
-#   --window 30 --predictions $L/v4-ja-predictions.jsonl --force --json > $L/v4-ja.json
-# $PY benchmarks/significance.py --ids '^ja-' --base $R/teacher-predictions.jsonl $L/v4-ja-predictions.jsonl $L/v5-test-w30-predictions.jsonl --json > $L/significance-v4-ja.json
+$PY -m whisper_kdq evaluate --model $O/$N-enc30.safetensors --data corpus/manifest.jsonl --split test --language ja \
+  --window 30 --predictions $L/v4-ja-predictions.jsonl --force --json > $L/v4-ja.json
+$PY benchmarks/significance.py --ids '^ja-' --base $R/teacher-predictions.jsonl $L/v4-ja-predictions.jsonl $L/v5-test-w30-predictions.jsonl --json > $L/significance-v4-ja.json
