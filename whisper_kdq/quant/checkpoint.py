@@ -7,6 +7,7 @@ the size to the byte. The layout is specified in docs/FORMAT.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import lzma
@@ -81,10 +82,9 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
             continue  # the metadata names its formula (quant/generated.py)
         spec = specs.get(name)
         if spec is None:
-            if plan.floats == "f16":
-                entries.append(Entry(name, "F16", tuple(t.shape), None if dry else (lambda t=t: t.detach().half().cpu())))
-            else:
-                entries.append(Entry(name, "F32", tuple(t.shape), None if dry else (lambda t=t: t.detach().float().cpu())))
+            dtype = "F16" if plan.floats == "f16" else "F32"
+            entries.append(Entry(name, dtype, tuple(t.shape),
+                                 None if dry else (lambda t=t, d=_DTYPES[dtype][0]: t.detach().to(d).cpu())))
             continue
         split = splits.get(name)
         parts = stored_parts(name, spec, tuple(t.shape), split)
@@ -115,10 +115,10 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
             entries.append(Entry(f"{part}::codes", "U8", (packed_nbytes(n, pspec.bits),),
                                  None if dry else (lambda q=q, p=part, b=pspec.bits: pack(q()[p].codes, b))))
             if pspec.scale_bits == 8:  # quant/scales.py: a U8 code per scale, an F16 (lo, step) pair per block
-                entries.append(Entry(f"{part}::scales", "U8", (groups,),
-                                     None if dry else (lambda q=q, p=part: encode_scales(q()[p].scales)[0])))
+                coded = functools.cache(lambda q=q, p=part: encode_scales(q()[p].scales))  # once for both entries
+                entries.append(Entry(f"{part}::scales", "U8", (groups,), None if dry else (lambda c=coded: c()[0])))
                 entries.append(Entry(f"{part}::scale_ranges", "F16", (-(-groups // SCALE_BLOCK), 2),
-                                     None if dry else (lambda q=q, p=part: encode_scales(q()[p].scales)[1])))
+                                     None if dry else (lambda c=coded: c()[1])))
             else:
                 entries.append(Entry(f"{part}::scales", "F16", (groups,), None if dry else (lambda q=q, p=part: q()[p].scales)))
             if not pspec.symmetric:

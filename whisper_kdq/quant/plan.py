@@ -222,11 +222,14 @@ def plan_from_dict(data: object, where: str = "plan") -> Plan:
             raise UserError(f"{at}: give at least one of {', '.join(_FIELDS)}, spec, or float: true")
         spec_from_fields(_merged(spec or QuantSpec(), rest), at)  # validate now, name the field
         rules.append(Rule(item["pattern"], rest, False, at))
-    floats = data.get("floats", "f32")
-    if floats not in FLOATS:
-        raise UserError(f"{where}.floats: expected one of {', '.join(FLOATS)}, got {json.dumps(floats)}")
     return Plan(spec, rules, clip, _activation_bits(data.get("activations"), f"{where}.activations"),
-                _row_rules(data.get("rows", []), f"{where}.rows"), floats)
+                _row_rules(data.get("rows", []), f"{where}.rows"), _floats(data.get("floats", "f32"), f"{where}.floats"))
+
+
+def _floats(value: object, where: str) -> str:
+    if value not in FLOATS:
+        raise UserError(f"{where}: expected one of {', '.join(FLOATS)}, got {json.dumps(value)}")
+    return value
 
 
 def _row_rules(value: object, where: str) -> list[RowRule]:
@@ -293,9 +296,7 @@ def plan_from_options(bits: int = 8, scheme: str = "uniform", group_size: int | 
     if base is not None and scale_bits != 16 and plan.default is not None:  # the flag applies over a plan file too
         plan.default = replace(plan.default, scale_bits=scale_bits)
     if floats is not None:
-        if floats not in FLOATS:
-            raise UserError(f"--floats: expected one of {', '.join(FLOATS)}, got {floats!r}")
-        plan.floats = floats
+        plan.floats = _floats(floats, "--floats")
     # The conv front-end is 0.3 % of whisper-base and feeds everything: 8 bits unless told otherwise.
     # (A flag left unset arrives as None: it must not erase that default.)
     given = {k: b for k, b in (component_bits or {}).items() if b is not None}

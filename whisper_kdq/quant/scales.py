@@ -19,10 +19,9 @@ SCALE_BLOCK = 64  # scales per (lo, step) pair: 4 bytes per 64 scales, 1.0625 by
 _LEVELS = 127  # k = 0 … 127: 7 bits beside the sign
 
 
-def _fp16(scale: torch.Tensor) -> torch.Tensor:
-    # A scale that underflows to 0 (an all-zero group) becomes 1, which still encodes that group's zeros exactly
-    # instead of dividing by zero. Full-range scales are signed.
-    s = scale.float().half().float()
+def _nonzero(s: torch.Tensor) -> torch.Tensor:
+    # A scale that is (or underflows to) 0, an all-zero group's, becomes 1, which still encodes that group's zeros
+    # exactly instead of dividing by zero. Full-range scales are signed.
     return torch.where(s != 0, s, torch.ones_like(s))
 
 
@@ -33,15 +32,15 @@ def _blocks(x: torch.Tensor, fill: float) -> torch.Tensor:
 
 def encode_scales(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat scales -> (uint8 codes [G], float16 ranges [ceil(G / 64), 2] of (lo, step) per block)."""
-    s = scale.detach().float().reshape(-1)
-    s = torch.where(s != 0, s, torch.ones_like(s))  # as `_fp16`: an all-zero group's scale is 1
+    s = _nonzero(scale.detach().float().reshape(-1))
     log = s.abs().log2()
     lo = _blocks(log, float("inf")).amin(dim=1).half()
     hi = _blocks(log, float("-inf")).amax(dim=1)
     step = ((hi - lo.float()) / _LEVELS).clamp(min=0).half()
     lo_e = lo.float().repeat_interleave(SCALE_BLOCK)[: s.numel()]
     step_e = step.float().repeat_interleave(SCALE_BLOCK)[: s.numel()]
-    k = torch.where(step_e > 0, (log - lo_e) / torch.where(step_e > 0, step_e, torch.ones_like(step_e)), torch.zeros_like(log))
+    flat = step_e == 0  # a block of equal scales: every k is 0
+    k = torch.where(flat, 0.0, (log - lo_e) / torch.where(flat, 1.0, step_e))
     k = torch.round(k).clamp(0, _LEVELS).to(torch.uint8)
     codes = k | ((s < 0).to(torch.uint8) << 7)
     return codes, torch.stack([lo, step], dim=1)
@@ -59,5 +58,5 @@ def decode_scales(codes: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
 def stored_scales(scale: torch.Tensor, bits: int = 16) -> torch.Tensor:
     """The float32 values a file stores for `scale` at `bits` (16: fp16; 8: the log codes above), same shape."""
     if bits == 16:
-        return _fp16(scale)
+        return _nonzero(scale.float().half().float())
     return decode_scales(*encode_scales(scale)).reshape(scale.shape).to(scale.device)

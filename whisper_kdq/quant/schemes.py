@@ -172,7 +172,7 @@ class Quantizer(ABC):
     def clip(self, x: torch.Tensor, ratio: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(scale, offset) with the range shrunk to `ratio` of the maximum, rounded to fp16 (as stored)."""
         scale, offset = self.range(x)
-        return _fp16_scale(scale * ratio), None if offset is None else offset.half().float()
+        return stored_scales(scale * ratio, 16), None if offset is None else offset.half().float()
 
     def encode(self, x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
         """Nearest code of each element of `x` [G, L] (long)."""
@@ -194,13 +194,6 @@ class Quantizer(ABC):
         """Squared error per group, optionally weighted per column (diagonal of the input Gram matrix)."""
         d = torch.nan_to_num(self.decode(self.encode(x, scale, offset), scale, offset) - x) ** 2
         return (d if weight is None else d * weight).sum(dim=1)
-
-
-def _fp16_scale(scale: torch.Tensor) -> torch.Tensor:
-    """Round to fp16 as stored; a scale that underflows to 0 (an all-zero group) becomes 1, which
-    still encodes that group's zeros exactly instead of dividing by zero. Full-range scales are signed.
-    (The clip search's candidates; `quantize` then rounds the chosen scales as `spec.scale_bits` stores them.)"""
-    return stored_scales(scale, 16)
 
 
 class UniformQuantizer(Quantizer):
@@ -239,7 +232,7 @@ class UniformQuantizer(Quantizer):
             return super().clip(x, ratio)
         scale, lo = self.range(x)
         mid = lo + scale * (2 ** self.spec.bits - 1) / 2
-        scale = _fp16_scale(scale * ratio)
+        scale = stored_scales(scale * ratio, 16)
         return scale, (mid - scale * (2 ** self.spec.bits - 1) / 2).half().float()
 
 
