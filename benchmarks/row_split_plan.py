@@ -81,7 +81,8 @@ def compose_student(teacher, encoder_from: Path, plan, out: Path) -> dict:
     copied (its spec must be the plan's), everything else is quantized from the teacher's float weights."""
     import copy as _copy
 
-    from whisper_kdq.quant.checkpoint import load_packed, packed_codes, save_packed
+    from whisper_kdq.quant.checkpoint import save_packed
+    from whisper_kdq.quant.reader import load_packed, packed_codes
 
     model = _copy.deepcopy(teacher.model)
     model.model.encoder.load_state_dict(load_packed(encoder_from).model.model.encoder.state_dict())

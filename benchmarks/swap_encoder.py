@@ -26,7 +26,8 @@ def swap_encoder(model_file: Path, encoder_file: Path, plan, out: Path, *, force
     """Write `out`: `model_file` with `encoder_file`'s encoder (weights and codes). Returns the size summary."""
     from whisper_kdq.errors import UserError
     from whisper_kdq.models.refs import load_model
-    from whisper_kdq.quant.checkpoint import packed_codes, save_packed
+    from whisper_kdq.quant.checkpoint import save_packed
+    from whisper_kdq.quant.reader import packed_codes
 
     target, source = load_model(str(model_file)), load_model(str(encoder_file))
     if source.model.config.encoder_layers != target.model.config.encoder_layers:

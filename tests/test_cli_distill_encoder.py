@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from whisper_kdq.cli import app
 from whisper_kdq.models.refs import load_model
-from whisper_kdq.quant.checkpoint import packed_codes
+from whisper_kdq.quant.reader import packed_codes
 from tests.conftest import FIXTURES, tiny_model, tiny_processor_obj
 
 runner = CliRunner()

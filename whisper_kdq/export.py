@@ -168,7 +168,8 @@ def _check_ct2_engine(directory: Path) -> None:
 def _export_packed(loaded: LoadedModel, out: Path, force: bool, plan) -> ExportResult:
     """Quantize by `plan`, write the packed file, re-load it and check it against the in-memory
     dequantized model (the packed file must reproduce exactly what was quantized)."""
-    from whisper_kdq.quant.checkpoint import load_packed, quantized_copy, save_packed
+    from whisper_kdq.quant.checkpoint import quantized_copy, save_packed
+    from whisper_kdq.quant.reader import load_packed
 
     if plan is None:
         raise UserError("--format packed needs a quantization plan (--plan FILE); or use `whisper-kdq quantize`")

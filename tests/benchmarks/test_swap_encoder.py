@@ -15,7 +15,8 @@ import swap_encoder  # noqa: E402
 
 from tests.conftest import tiny_model, tiny_processor_obj  # noqa: E402
 from whisper_kdq.errors import UserError  # noqa: E402
-from whisper_kdq.quant.checkpoint import load_packed, packed_codes, save_packed  # noqa: E402
+from whisper_kdq.quant.checkpoint import save_packed  # noqa: E402
+from whisper_kdq.quant.reader import load_packed, packed_codes  # noqa: E402
 from whisper_kdq.quant.plan import plan_from_options  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from whisper_kdq.errors import UserError
 from whisper_kdq.models.refs import load_model
 from whisper_kdq.quant.activations import (activation_settings, fake_quant_tokens, float_activations,
                                            quantize_activations, remove_activation_quantization)
-from whisper_kdq.quant.checkpoint import read_packed
+from whisper_kdq.quant.reader import read_packed
 from whisper_kdq.quant.fake import convert_to_packed, prepare_qat
 from whisper_kdq.quant.plan import plan_from_dict, plan_from_options
 

@@ -11,7 +11,8 @@ import torch
 from tests.conftest import tiny_model, tiny_processor_obj
 from whisper_kdq.errors import CheckpointError
 from whisper_kdq.models.refs import load_model
-from whisper_kdq.quant.checkpoint import predict_packed, quantized_copy, read_packed, save_packed
+from whisper_kdq.quant.checkpoint import predict_packed, quantized_copy, save_packed
+from whisper_kdq.quant.reader import read_packed
 from whisper_kdq.quant.plan import plan_from_options
 
 PLANS = {

@@ -42,7 +42,7 @@ def test_qat_trains_the_clip_and_packs_to_the_same_logits(tmp_path):
         packed = _logits(loaded.model)
     assert (packed - fake).abs().max() <= 1e-4 * fake.abs().max()
     # The learned clip is what the file stores.
-    from whisper_kdq.quant.checkpoint import read_packed
+    from whisper_kdq.quant.reader import read_packed
 
     tensors, _ = read_packed(tmp_path / "qat.safetensors")
     stored = tensors["model.decoder.layers.0.fc1.weight::scales"].float()

@@ -10,7 +10,8 @@ import torch
 from tests.conftest import tiny_model, tiny_processor_obj
 from whisper_kdq.errors import CheckpointError, UserError
 from whisper_kdq.models.refs import load_model
-from whisper_kdq.quant.checkpoint import packed_codes, predict_packed, quantized_copy, read_packed, save_packed
+from whisper_kdq.quant.checkpoint import predict_packed, quantized_copy, save_packed
+from whisper_kdq.quant.reader import packed_codes, read_packed
 from whisper_kdq.quant.fake import convert_to_packed, matching_init, prepare_qat, qat_modules
 from whisper_kdq.quant.plan import plan_from_dict
 from whisper_kdq.quant.rows import RowSplit, merge_rows, split_rows, token_rows

@@ -12,7 +12,8 @@ from tests.conftest import tiny_model, tiny_processor_obj
 from tests.quant.test_checkpoint import _rewrite_meta
 from whisper_kdq.errors import CheckpointError, UserError
 from whisper_kdq.models.refs import load_model
-from whisper_kdq.quant.checkpoint import predict_packed, quantized_copy, read_packed, save_packed
+from whisper_kdq.quant.checkpoint import predict_packed, quantized_copy, save_packed
+from whisper_kdq.quant.reader import read_packed
 from whisper_kdq.quant.fake import convert_to_packed, prepare_qat, qat_modules
 from whisper_kdq.quant.plan import plan_from_dict, plan_from_options
 from whisper_kdq.quant.scales import SCALE_BLOCK, decode_scales, encode_scales, stored_scales

@@ -144,7 +144,7 @@ def initial_codes(qat_init: str | None, student: LoadedModel, plan, train: Datas
         return gptq_for_plan(student.model, student.processor, plan, train, GPTQ_CLIPS)
     if qat_init == "packed":
         from whisper_kdq.errors import UserError
-        from whisper_kdq.quant.checkpoint import packed_codes
+        from whisper_kdq.quant.reader import packed_codes
         from whisper_kdq.quant.fake import matching_init
 
         if student.kind != "packed":

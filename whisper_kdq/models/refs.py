@@ -57,7 +57,7 @@ def load_model(ref: str, device: str = "cpu") -> LoadedModel:
 def _resolve(ref: str) -> LoadedModel:
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix == ".safetensors":
-        from whisper_kdq.quant.checkpoint import load_packed
+        from whisper_kdq.quant.reader import load_packed
 
         return load_packed(path)
     if path.is_dir():

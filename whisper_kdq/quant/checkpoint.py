@@ -14,29 +14,25 @@ import lzma
 import struct
 import tempfile
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from whisper_kdq.errors import CheckpointError
 from whisper_kdq.fileio import atomic_file, check_output
-from whisper_kdq.quant.generated import generate, generated_tensors
-from whisper_kdq.quant.metadata import FORMAT_NAME, FORMAT_VERSION, check_metadata, format_version
-from whisper_kdq.quant.packing import pack, packed_nbytes, unpack
+from whisper_kdq.quant.container import DTYPES, ORDER, TOKENIZER_KEY
+from whisper_kdq.quant.generated import generated_tensors
+from whisper_kdq.quant.metadata import FORMAT_NAME, FORMAT_VERSION, format_version
+from whisper_kdq.quant.packing import pack, packed_nbytes
 from whisper_kdq.quant.plan import Plan
-from whisper_kdq.quant.scales import SCALE_BLOCK, decode_scales, encode_scales
-from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, quantize_split, stored_parts
-from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize, n_groups, quantize
+from whisper_kdq.quant.scales import SCALE_BLOCK, encode_scales
+from whisper_kdq.quant.rows import ROWS_SUFFIX, dequantize_split, quantize_split, stored_parts
+from whisper_kdq.quant.schemes import QTensor, dequantize, n_groups, quantize
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "load_packed", "predict_packed", "read_packed", "quantized_copy"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_packed", "predict_packed", "quantized_copy"]
 
-TOKENIZER_KEY = "__tokenizer__"
-_DTYPES = {"F32": (torch.float32, np.float32, 4), "I32": (torch.int32, np.int32, 4),
-           "F16": (torch.float16, np.float16, 2), "U8": (torch.uint8, np.uint8, 1)}
-_ORDER = {"F32": 0, "I32": 0, "F16": 1, "U8": 2}  # widest first, so every tensor starts aligned to its item size
 _CHECKSUM_PLACEHOLDER = "sha256:" + "0" * 64
 
 
@@ -52,7 +48,7 @@ class Entry:
         n = 1
         for s in self.shape:
             n *= s
-        return n * _DTYPES[self.dtype][2]
+        return n * DTYPES[self.dtype][2]
 
 
 def _unique_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -84,7 +80,7 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
         if spec is None:
             dtype = "F16" if plan.floats == "f16" else "F32"
             entries.append(Entry(name, dtype, tuple(t.shape),
-                                 None if dry else (lambda t=t, d=_DTYPES[dtype][0]: t.detach().to(d).cpu())))
+                                 None if dry else (lambda t=t, d=DTYPES[dtype][0]: t.detach().to(d).cpu())))
             continue
         split = splits.get(name)
         parts = stored_parts(name, spec, tuple(t.shape), split)
@@ -131,7 +127,7 @@ def _entries(model: torch.nn.Module, plan: Plan, tokenizer_blob: bytes | None,
     if tokenizer_blob is not None:
         blob = torch.frombuffer(bytearray(tokenizer_blob), dtype=torch.uint8)
         entries.append(Entry(TOKENIZER_KEY, "U8", (len(tokenizer_blob),), lambda: blob))
-    entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
+    entries.sort(key=lambda e: (ORDER[e.dtype], e.name))
     return entries, qmeta, tied, {n: {"formula": f, "shape": list(state[n].shape)} for n, f in generated.items()}
 
 
@@ -195,7 +191,7 @@ def predict_packed(model: torch.nn.Module, plan: Plan, processor=None) -> dict:
     entries, qmeta, tied, generated = _entries(model, plan, None, dry=True)
     if processor is not None:
         entries.append(Entry(TOKENIZER_KEY, "U8", (blob_len,)))
-        entries.sort(key=lambda e: (_ORDER[e.dtype], e.name))
+        entries.sort(key=lambda e: (ORDER[e.dtype], e.name))
     meta = _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER, _activations(model, plan, qmeta), generated)
     return {**_summary(model, entries, qmeta, tied, 8 + len(_header(entries, meta))), "activation_bits": plan.activation_bits,
             "plan": plan.as_dict()}
@@ -282,120 +278,5 @@ def quantized_copy(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
 
 def _bytes(e: Entry) -> bytes:
     t = e.make().contiguous()
-    assert str(t.dtype) == str(_DTYPES[e.dtype][0]) and t.numel() * t.element_size() == e.nbytes, e.name
+    assert str(t.dtype) == str(DTYPES[e.dtype][0]) and t.numel() * t.element_size() == e.nbytes, e.name
     return t.numpy().tobytes()
-
-
-def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Verify and read the raw tensors and metadata (CheckpointError when anything is off)."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise CheckpointError(f"{path}: truncated (only {len(raw)} bytes)")
-    (hlen,) = struct.unpack("<Q", raw[:8])
-    if 8 + hlen > len(raw):
-        raise CheckpointError(f"{path}: truncated: header says {hlen} bytes, file has {len(raw) - 8} after the length")
-    try:
-        header = json.loads(raw[8:8 + hlen].decode("utf-8"))
-        meta = header.pop("__metadata__")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
-        raise CheckpointError(f"{path}: damaged header (not the JSON of a whisper-kdq packed checkpoint)") from None
-    check_metadata(path, meta)
-    data = memoryview(raw)[8 + hlen:]
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if len(data) != end:
-        what = "truncated" if len(data) < end else "has trailing bytes"
-        raise CheckpointError(f"{path}: {what}: tensors need {end} bytes of data, file has {len(data)}")
-    if "sha256:" + hashlib.sha256(data).hexdigest() != meta.get("checksum"):
-        raise CheckpointError(f"{path}: checksum mismatch: the file was altered or corrupted")
-    tensors = {}
-    for name, v in header.items():
-        torch_dtype, np_dtype, _ = _DTYPES[v["dtype"]]
-        a, b = v["data_offsets"]
-        tensors[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=np_dtype).copy()).reshape(v["shape"])
-    return tensors, meta
-
-
-def _spec(m: dict) -> QuantSpec:
-    """A tensor's spec as the header's `quantization` entry records it."""
-    return QuantSpec(m["scheme"], m["bits"], m["granularity"], m["group_size"], m["symmetric"],
-                     bool(m.get("full_range", False)),  # absent in files written before it existed
-                     int(m.get("scale_bits", 16)))  # absent: fp16 (every file before version 5)
-
-
-def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTensor]:
-    """Every stored part: NAME (the whole tensor, or the rows a split does not list) and NAME::rows (the listed)."""
-    out = {}
-    for name, m in qmeta.items():
-        spec = _spec(m)
-        split = None if "rows" not in m else RowSplit(tuple(tensors[name + ROWS_SUFFIX].tolist()),
-                                                      replace(spec, bits=m["rows"]["bits"]))
-        for part, pspec, pshape in stored_parts(name, spec, tuple(m["shape"]), split):
-            codes = unpack(tensors[f"{part}::codes"], pspec.bits, int(np.prod(pshape))).reshape(pshape)
-            scales = tensors[f"{part}::scales"]
-            if pspec.scale_bits == 8:
-                scales = decode_scales(scales, tensors[f"{part}::scale_ranges"])
-            out[part] = QTensor(codes, scales, tensors.get(f"{part}::offsets"), pspec, pshape,
-                                None if split is None or part == name else split.rows)
-    return out
-
-
-def unpack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Dequantized float32 state (tied copies not repeated) and the per-tensor spec table."""
-    qmeta = json.loads(meta["quantization"])
-    state = {n: t for n, t in tensors.items() if "::" not in n and n != TOKENIZER_KEY}
-    state.update({n: generate(g["formula"], tuple(g["shape"])) for n, g in json.loads(meta.get("generated", "{}")).items()})
-    qs = _qtensors(tensors, qmeta)
-    for name in qmeta:
-        # The stored APoT table is authoritative: a reader needs no APoT code, only a lookup.
-        listed, table = qs.get(name + ROWS_SUFFIX), tensors.get(f"{name}::table")
-        if listed is None:
-            state[name] = dequantize(qs[name], table=table)
-        else:
-            state[name] = dequantize_split(qs[name], listed, RowSplit(listed.rows, listed.spec), table,
-                                           tensors.get(f"{name}{ROWS_SUFFIX}::table"))
-    return state, qmeta
-
-
-def packed_codes(path: Path) -> dict[str, QTensor]:
-    """The codes and scales of every quantized weight of a packed checkpoint (what `distill --qat-init packed`
-    starts from, so that training goes on from the file's grid instead of a new one). A row-split weight
-    gives two parts: NAME (its unlisted rows) and NAME::rows (the listed rows; `QTensor.rows` lists them)."""
-    tensors, meta = read_packed(path)
-    return _qtensors(tensors, json.loads(meta["quantization"]))
-
-
-def load_packed(path: Path, device: str = "cpu"):
-    """Load a packed checkpoint as a `LoadedModel` (kind "packed"), dequantized into float32."""
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
-    from whisper_kdq.models.refs import LoadedModel
-    from whisper_kdq.models.tokenizer import build_processor
-
-    path = Path(path)
-    tensors, meta = read_packed(path)
-    state, qmeta = unpack_tensors(tensors, meta)
-    config = WhisperConfig.from_dict(json.loads(meta["config"]))
-    model = WhisperForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = json.loads(meta["tied"])
-    if unexpected or set(missing) - set(tied):
-        raise CheckpointError(f"{path}: tensors do not fit the model config (missing {sorted(set(missing) - set(tied))[:3]}, "
-                              f"unexpected {sorted(unexpected)[:3]})")
-    model.tie_weights()
-    model.generation_config = GenerationConfig.from_dict(json.loads(meta["generation_config"]))
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "tokenizer.json").write_bytes(lzma.decompress(tensors[TOKENIZER_KEY].numpy().tobytes()))
-        processor = build_processor(Path(d) / "tokenizer.json", config.num_mel_bins)
-    model.to(device).eval()
-    activations = json.loads(meta["activations"]) if "activations" in meta else None
-    if activations is not None:
-        from whisper_kdq.quant.activations import quantize_activations
-
-        quantize_activations(model, activations["layers"], activations["bits"])
-    info = {"format_version": int(meta["format_version"]), "bits_per_weight": float(meta["bits_per_weight"]),
-            "activation_bits": None if activations is None else activations["bits"],
-            "tensors": {n: {**_spec(m).as_dict(), **({"rows": m["rows"]} if "rows" in m else {})} for n, m in qmeta.items()},
-            "float_weights": [n for n, t in state.items() if n not in qmeta and n.endswith(".weight")
-                              and t.dim() >= 2 and "embed_positions" not in n]}
-    return LoadedModel(model, processor, str(path), "packed", path, path.stat().st_size, info)

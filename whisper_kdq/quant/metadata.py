@@ -1,6 +1,6 @@
 """The packed file's `__metadata__`: what a writer records and what a reader checks before it trusts it.
 
-docs/FORMAT.md ("Metadata", "Verification") specifies both; `checkpoint.py` writes and reads the container.
+docs/FORMAT.md ("Metadata", "Verification") specifies both; `checkpoint.py` writes the container, `reader.py` reads it.
 """
 
 from __future__ import annotations

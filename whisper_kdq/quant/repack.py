@@ -22,7 +22,7 @@ __all__ = ["kept_grid"]
 def kept_grid(path: Path, plan: Plan, state: dict[str, torch.Tensor]) -> dict[str, tuple]:
     """`{part name: (scales, offsets)}` of packed file `path`, as `save_packed(qparams=...)` takes them; a
     UserError when `plan` quantizes any tensor otherwise than the file (bits, groups, rows), storage aside."""
-    from whisper_kdq.quant.checkpoint import packed_codes
+    from whisper_kdq.quant.reader import packed_codes
     from whisper_kdq.quant.rows import ROWS_SUFFIX
 
     codes = packed_codes(path)
