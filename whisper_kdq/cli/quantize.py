@@ -17,7 +17,7 @@ from whisper_kdq.errors import UserError
 def quantize(
     model: str = typer.Option(..., "--model", "-m", help="Model reference (alias, directory, checkpoint, hub id)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Packed checkpoint to write (.safetensors)."),
-    bits: int = typer.Option(8, help="Default bit width, 2-8."),
+    bits: int = typer.Option(8, help="Default bit width, 1-8 (1: uniform with --asymmetric only)."),
     scheme: str = typer.Option("uniform", help="uniform or apot."),
     group_size: Optional[str] = typer.Option(None, help="N, 'channel' or 'tensor' (default: channel at 8 bits, 128 below)."),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="Store an offset per group (APoT always stores its mean)."),
@@ -44,7 +44,7 @@ def quantize(
     device: str = typer.Option("cpu", help="auto, cpu or cuda (calibration only)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result on stdout."),
 ) -> None:
-    """Quantize MODEL's weights (uniform or APoT, 2-8 bits) into one packed .safetensors file."""
+    """Quantize MODEL's weights (uniform or APoT, 1-8 bits) into one packed .safetensors file."""
     from whisper_kdq.models.refs import load_model
     from whisper_kdq.quant.checkpoint import predict_packed, save_packed
     from whisper_kdq.quant.plan import load_plan, plan_from_options

@@ -11,19 +11,26 @@ from pathlib import Path
 from whisper_kdq.errors import CheckpointError
 from whisper_kdq.quant.generated import generate
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "VERSIONS", "format_version", "check_metadata"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "VERSIONS", "format_version", "has_one_bit", "check_metadata"]
 
 FORMAT_NAME = "whisper-kdq-packed"
 # The newest this tool reads and writes. Version 1: weights only; 2: + quantized activations; 3: + row splits;
-# 4: + generated tensors; 5: + 8-bit scales (each adds to the last). Writers write the lowest version that holds the file.
-FORMAT_VERSION = 5
-VERSIONS = ("1", "2", "3", "4", "5")
+# 4: + generated tensors; 5: + 8-bit scales; 6: + 1-bit codes (each adds to the last). Writers write the lowest
+# version that holds the file.
+FORMAT_VERSION = 6
+VERSIONS = ("1", "2", "3", "4", "5", "6")
 
 
-def format_version(*, activations: bool, rows: bool, generated: bool, scales: bool = False) -> str:
+def format_version(*, activations: bool, rows: bool, generated: bool, scales: bool = False, one_bit: bool = False) -> str:
     """The lowest version that holds the file: a reader that does not know quantized activations (2), row
-    splits (3), generated tensors (4) or 8-bit scales (5) then refuses it rather than run it wrong; others read it."""
-    return "5" if scales else "4" if generated else "3" if rows else "2" if activations else "1"
+    splits (3), generated tensors (4), 8-bit scales (5) or 1-bit codes (6) then refuses it rather than run it
+    wrong; others read it."""
+    return ("6" if one_bit else "5" if scales else "4" if generated else "3" if rows else "2" if activations else "1")
+
+
+def has_one_bit(qmeta: dict) -> bool:
+    """Whether a quantization table (header `quantization`) holds a 1-bit tensor or row part."""
+    return any(m["bits"] == 1 or m.get("rows", {}).get("bits") == 1 for m in qmeta.values())
 
 
 def check_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -38,16 +45,20 @@ def check_metadata(path: Path, meta: dict[str, str]) -> None:
         raise CheckpointError(f"{path}: damaged header (format version {version} "
                               f"{'needs' if version == '2' else 'has no'} activation settings)")
     try:
-        table = json.loads(meta["quantization"]).values()
-        split = any("rows" in m for m in table)
-        small_scales = any(m.get("scale_bits", 16) != 16 for m in table)
+        qmeta = json.loads(meta["quantization"])
+        split = any("rows" in m for m in qmeta.values())
+        small_scales = any(m.get("scale_bits", 16) != 16 for m in qmeta.values())
+        one_bit = has_one_bit(qmeta)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: damaged header (no readable quantization table)") from None
-    if split and version not in ("3", "4", "5"):
+    if split and version not in ("3", "4", "5", "6"):
         raise CheckpointError(f"{path}: damaged header (row splits in a format version {version} file)")
-    if small_scales != (version == "5"):
+    if small_scales and version not in ("5", "6") or version == "5" and not small_scales:
         raise CheckpointError(f"{path}: damaged header (format version {version} "
                               f"{'needs' if version == '5' else 'has no'} 8-bit scales)")
+    if one_bit != (version == "6"):
+        raise CheckpointError(f"{path}: damaged header (format version {version} "
+                              f"{'needs' if version == '6' else 'has no'} 1-bit codes)")
     if version == "4" and "generated" not in meta or version in ("1", "2", "3") and "generated" in meta:
         raise CheckpointError(f"{path}: damaged header (format version {version} "
                               f"{'needs' if version == '4' else 'has no'} generated tensors)")

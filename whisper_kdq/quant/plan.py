@@ -161,7 +161,7 @@ def spec_from_fields(fields: dict, where: str = "plan") -> QuantSpec:
     unknown = set(fields) - set(_FIELDS)
     if unknown:
         raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}: use {', '.join(_FIELDS)}, spec or float")
-    checks = {"scheme": (str, f"one of {', '.join(SCHEMES)}"), "bits": (int, "an integer 2-8"),
+    checks = {"scheme": (str, f"one of {', '.join(SCHEMES)}"), "bits": (int, "an integer 1-8"),
               "granularity": (str, f"one of {', '.join(GRANULARITIES)}"), "group_size": ((int, type(None)), "an integer or null"),
               "symmetric": ((bool, type(None)), "true or false"), "full_range": (bool, "true or false"),
               "scale_bits": (int, "16 or 8")}

@@ -22,7 +22,7 @@ __all__ = ["SCHEMES", "GRANULARITIES", "QuantSpec", "QTensor", "Quantizer", "Uni
 
 SCHEMES = ("uniform", "apot")
 GRANULARITIES = ("per-tensor", "per-channel", "group")
-MIN_BITS, MAX_BITS = 2, 8
+MIN_BITS, MAX_BITS = 1, 8  # 1 bit: uniform with an offset only (two levels per group)
 CLIP_RATIOS = tuple(1.0 - 0.03 * i for i in range(17))  # 1.0 ... 0.52: clipping search grid (fraction of max)
 
 
@@ -56,9 +56,14 @@ class QuantSpec:
         elif self.group_size is not None:
             object.__setattr__(self, "group_size", None)
         if self.symmetric is None:
-            object.__setattr__(self, "symmetric", self.scheme == "uniform")
+            object.__setattr__(self, "symmetric", self.scheme == "uniform" and self.bits > 1)
         if self.full_range and not (self.scheme == "uniform" and self.symmetric):
             raise UserError("full_range applies to symmetric uniform quantization only")
+        if self.bits == 1 and not (self.scheme == "uniform" and not self.symmetric):
+            # A symmetric 1-bit grid has one usable level (restricted) or {-1, 0} (full range); APoT needs a sign
+            # and a magnitude. Two levels per group, offset and offset + scale, is the 1-bit grid that works.
+            raise UserError("1-bit quantization is uniform with an offset per group: use symmetric false "
+                            "(short form uniform1g128a)")
         if self.scale_bits not in (8, 16) or isinstance(self.scale_bits, bool):
             raise UserError(f"scale bits must be 16 (fp16) or 8 (log codes), got {self.scale_bits!r}")
 
@@ -223,6 +228,8 @@ class UniformQuantizer(Quantizer):
         if self.spec.symmetric:
             amax = torch.nan_to_num(x.abs(), nan=0.0).amax(dim=1)
             return amax / (2 ** (bits - 1) - 1), None
+        if bits == 1:
+            return _two_means(x)
         hi = torch.nan_to_num(x, nan=float("-inf")).amax(dim=1)
         lo = torch.nan_to_num(x, nan=float("inf")).amin(dim=1)
         return (hi - lo) / (2 ** bits - 1), lo
@@ -230,10 +237,27 @@ class UniformQuantizer(Quantizer):
     def clip(self, x: torch.Tensor, ratio: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.spec.symmetric:
             return super().clip(x, ratio)
-        scale, lo = self.range(x)
-        mid = lo + scale * (2 ** self.spec.bits - 1) / 2
-        scale = stored_scales(scale * ratio, 16)
-        return scale, (mid - scale * (2 ** self.spec.bits - 1) / 2).half().float()
+        raw, lo = self.range(x)
+        mid = lo + raw * (2 ** self.spec.bits - 1) / 2
+        scale = stored_scales(raw * ratio, 16)
+        # A constant group (scale 0, stored as 1) sits exactly on its offset, code 0.
+        offset = torch.where(raw * ratio == 0, lo, mid - scale * (2 ** self.spec.bits - 1) / 2)
+        return scale, offset.half().float()
+
+
+def _two_means(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 bit: (scale, offset) with levels at the means of the group's halves, split at its mean (a step of
+    Lloyd's algorithm; the full range would put both levels at the extremes, far from most weights)."""
+    valid = ~torch.isnan(x)
+    n = valid.sum(dim=1).clamp(min=1)
+    filled = torch.nan_to_num(x, nan=0.0)
+    mean = filled.sum(dim=1) / n
+    upper = valid & (filled > mean[:, None])
+    lower = valid & ~upper
+    hi = (filled * upper).sum(dim=1) / upper.sum(dim=1).clamp(min=1)
+    lo = (filled * lower).sum(dim=1) / lower.sum(dim=1).clamp(min=1)
+    hi = torch.where(upper.any(dim=1), hi, lo)  # a constant group: one level, scale 0 (stored as 1)
+    return hi - lo, lo
 
 
 class ApotQuantizer(Quantizer):
