@@ -25,6 +25,13 @@ for lang in ja en; do
     --fallback --predictions $L/e8d5-$lang-fallback-predictions.jsonl --force --json > $L/e8d5-$lang-fallback.json
   $PY benchmarks/significance.py --base $W/teacher-$lang-fallback-predictions.jsonl $L/e8d5-$lang-fallback-predictions.jsonl --json > $L/significance-$lang-fallback.json
 done
-# The q4_0-size row was started after this one, stopped at 08:24 for the fallback runs, restarted at 08:38 and stopped at
-# 08:53 at step 50: it could not finish in the session (~7.5 s a step in its first epoch, which runs its own 4/6-bit encoder over every training clip); not measured:
-# $PY benchmarks/pipeline.py --out $P --steps 300 --ja 570 --en 325 --rows "teacher CE 0.3+KD+QAT guided per-matrix 4/6-bit (q4_0 size; best on dev)"
+# The q4_0-size row was started after this one and stopped twice for lack of session time; it ran whole on
+# 2026-12-03 from 15:33 (code of commit 549e11c; 31.6 min training, 300 steps, ~7.5 s a step in its first epoch, which
+# runs its own 4/6-bit encoder over every training clip, ~4 s after; then the greedy wide split):
+$PY benchmarks/pipeline.py --out $P --steps 300 --ja 570 --en 325 --rows "teacher CE 0.3+KD+QAT guided per-matrix 4/6-bit (q4_0 size; best on dev)"
+Q=$P/teacher-qat-guided-linear-q4_0-ce03kd-dev
+cp $P/results.json $P/results.md $P/plan-teacher-guided-linear-q4_0.json $L/ && cp $Q/metrics.jsonl $L/q4_0-metrics.jsonl && cp $Q/summary.json $L/q4_0-summary.json
+cp $P/predictions/runs_wide-rows_teacher-qat-guided-linear-q4_0-ce03kd-dev_model.safetensors-transformers.jsonl $L/q4_0-test-predictions.jsonl
+# Against the teacher and RTN 4-bit group-32 (the q4_0 size, wide-test-2026-12-02/commands.sh), and against RTN g32 itself:
+$PY benchmarks/significance.py --base $R/teacher-predictions.jsonl $R/u4g32-predictions.jsonl $L/q4_0-test-predictions.jsonl > $L/significance-q4_0.txt
+$PY benchmarks/significance.py --base $R/u4g32-predictions.jsonl $L/q4_0-test-predictions.jsonl > $L/significance-q4_0-vs-rtn.txt
