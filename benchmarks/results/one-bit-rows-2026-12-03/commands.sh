@@ -38,7 +38,7 @@ if [ ! -f $L/ja.json ]; then
 $PY -m whisper_kdq evaluate --model $O/$N-enc30.safetensors --data corpus/manifest.jsonl --split test --language ja \
   --window 30 --predictions $L/ja-predictions.jsonl --force --json > $L/ja.tmp && mv $L/ja.tmp $L/ja.json
 fi
-$PY benchmarks/significance.py --base $R/teacher-predictions.jsonl $B/v5-test-w30-predictions.jsonl $L/ja-predictions.jsonl --json > $L/significance-ja.json
+$PY benchmarks/significance.py --base $R/teacher-predictions.jsonl $B/v5-test-w30-predictions.jsonl $L/ja-predictions.jsonl --ids '^ja-' --json > $L/significance-ja.json
 stamp eval-en
 if [ ! -f $L/en-fallback.json ]; then
 $PY -m whisper_kdq evaluate --model $O/$N-enc30.safetensors --data corpus/manifest.jsonl --split test --language en \
