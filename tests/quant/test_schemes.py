@@ -60,7 +60,7 @@ def test_symmetric_int8_matches_ctranslate2_rule():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(bits=9), "bits must be"), (dict(bits=1), "bits must be"), (dict(scheme="pot"), "unknown scheme"),
+    (dict(bits=9), "bits must be"), (dict(bits=0), "bits must be"), (dict(scheme="pot"), "unknown scheme"),
     (dict(granularity="group", group_size=1), "group size"), (dict(granularity="row"), "unknown granularity")])
 def test_bad_specs_are_user_errors(bad, match):
     with pytest.raises(UserError, match=match):
