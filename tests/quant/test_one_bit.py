@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import tiny_model, tiny_processor_obj
 from tests.quant.test_checkpoint import _rewrite_meta
+from tests.quant.test_scales import _logits
 from whisper_kdq.errors import CheckpointError, UserError
 from whisper_kdq.models.refs import load_model
 from whisper_kdq.quant.checkpoint import predict_packed, quantized_copy, save_packed
@@ -18,12 +19,6 @@ from whisper_kdq.quant.reader import read_packed
 from whisper_kdq.quant.schemes import QuantSpec, dequantize, parse_spec, quantize
 
 EMB = r"^model\.decoder\.embed_tokens\.weight$"
-
-
-def _logits(model):
-    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return model(input_features=features, decoder_input_ids=torch.tensor([[50258, 50266, 50359, 400]])).logits
 
 
 def test_the_two_levels_are_the_means_of_the_group_halves():

@@ -24,7 +24,7 @@ import torch
 from whisper_kdq.fileio import atomic_file, check_output
 from whisper_kdq.quant.container import DTYPES, ORDER, TOKENIZER_KEY
 from whisper_kdq.quant.generated import generated_tensors
-from whisper_kdq.quant.metadata import FORMAT_NAME, FORMAT_VERSION, format_version, has_one_bit
+from whisper_kdq.quant.metadata import FORMAT_NAME, FORMAT_VERSION, format_version
 from whisper_kdq.quant.packing import pack, packed_nbytes
 from whisper_kdq.quant.plan import Plan
 from whisper_kdq.quant.scales import SCALE_BLOCK, encode_scales
@@ -156,9 +156,7 @@ def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Ent
     qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
     extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
     extra.update({"generated": json.dumps(generated, sort_keys=True)} if generated else {})
-    version = format_version(activations=activations is not None, rows=any("rows" in m for m in qmeta.values()),
-                             generated=bool(generated), scales=any(m.get("scale_bits", 16) != 16 for m in qmeta.values()),
-                             one_bit=has_one_bit(qmeta))
+    version = format_version(activations=activations is not None, generated=bool(generated), qmeta=qmeta)
     return {
         "format": FORMAT_NAME,
         "format_version": version,

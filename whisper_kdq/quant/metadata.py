@@ -11,7 +11,7 @@ from pathlib import Path
 from whisper_kdq.errors import CheckpointError
 from whisper_kdq.quant.generated import generate
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "VERSIONS", "format_version", "has_one_bit", "check_metadata"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "VERSIONS", "format_version", "check_metadata"]
 
 FORMAT_NAME = "whisper-kdq-packed"
 # The newest this tool reads and writes. Version 1: weights only; 2: + quantized activations; 3: + row splits;
@@ -21,16 +21,19 @@ FORMAT_VERSION = 6
 VERSIONS = ("1", "2", "3", "4", "5", "6")
 
 
-def format_version(*, activations: bool, rows: bool, generated: bool, scales: bool = False, one_bit: bool = False) -> str:
+def format_version(*, activations: bool, generated: bool, qmeta: dict) -> str:
     """The lowest version that holds the file: a reader that does not know quantized activations (2), row
     splits (3), generated tensors (4), 8-bit scales (5) or 1-bit codes (6) then refuses it rather than run it
-    wrong; others read it."""
+    wrong; others read it. `qmeta`: the header's quantization table."""
+    rows, scales, one_bit = _table_needs(qmeta)
     return ("6" if one_bit else "5" if scales else "4" if generated else "3" if rows else "2" if activations else "1")
 
 
-def has_one_bit(qmeta: dict) -> bool:
-    """Whether a quantization table (header `quantization`) holds a 1-bit tensor or row part."""
-    return any(m["bits"] == 1 or m.get("rows", {}).get("bits") == 1 for m in qmeta.values())
+def _table_needs(qmeta: dict) -> tuple[bool, bool, bool]:
+    """What a quantization table holds that needs a newer version: row splits, 8-bit scales, 1-bit codes."""
+    tables = qmeta.values()
+    return (any("rows" in m for m in tables), any(m.get("scale_bits", 16) != 16 for m in tables),
+            any(m["bits"] == 1 or m.get("rows", {}).get("bits") == 1 for m in tables))
 
 
 def check_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -45,10 +48,7 @@ def check_metadata(path: Path, meta: dict[str, str]) -> None:
         raise CheckpointError(f"{path}: damaged header (format version {version} "
                               f"{'needs' if version == '2' else 'has no'} activation settings)")
     try:
-        qmeta = json.loads(meta["quantization"])
-        split = any("rows" in m for m in qmeta.values())
-        small_scales = any(m.get("scale_bits", 16) != 16 for m in qmeta.values())
-        one_bit = has_one_bit(qmeta)
+        split, small_scales, one_bit = _table_needs(json.loads(meta["quantization"]))
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: damaged header (no readable quantization table)") from None
     if split and version not in ("3", "4", "5", "6"):
