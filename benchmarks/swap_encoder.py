@@ -4,7 +4,8 @@ The decoder stage trains on a frozen encoder; an encoder trained further afterwa
 --student FILE --qat-init packed`, e.g. at another window) can replace it without training the decoder again,
 since both stages imitate the same teacher. Codes are copied, not re-quantized: the result holds `--model`'s
 decoder and embedding codes and `--encoder-from`'s encoder codes exactly, packed by `--plan` (the plan both
-were trained on: same specs).
+were trained on: same specs). A weight whose spec the plan changes (a decoder matrix moved from 3 to 4 bits,
+before a decoder stage trains it) is quantized anew from its dequantized values.
 
     python benchmarks/swap_encoder.py --model runs/…/rows-words/model.safetensors \\
         --encoder-from runs/…/encoder-30s/model.safetensors --plan runs/…/plan-rows-words.json --out runs/…/swapped.safetensors
@@ -36,7 +37,22 @@ def swap_encoder(model_file: Path, encoder_file: Path, plan, out: Path, *, force
     target.model.model.encoder.load_state_dict(source.model.model.encoder.state_dict())
     codes = {n: q for n, q in packed_codes(model_file).items() if not n.startswith(ENCODER)}
     codes.update({n: q for n, q in packed_codes(encoder_file).items() if n.startswith(ENCODER)})
-    return save_packed(out, target.model, target.processor, plan, force=force, quantized=codes)
+    return save_packed(out, target.model, target.processor, plan, force=force,
+                       quantized=_on_plan(codes, plan, target.model.state_dict()))
+
+
+def _on_plan(codes: dict, plan, state: dict) -> dict:
+    """The codes whose every stored part has the spec and shape `plan` gives it (the others are re-quantized)."""
+    from whisper_kdq.quant.rows import stored_parts
+
+    splits, keep = plan.splits(state), {}
+    for name, spec in plan.resolve(state).items():
+        if spec is None:
+            continue
+        parts = stored_parts(name, spec, tuple(state[name].shape), splits.get(name))
+        if all(p in codes and codes[p].spec == pspec and tuple(codes[p].shape) == shape for p, pspec, shape in parts):
+            keep.update({p: codes[p] for p, _, _ in parts})
+    return keep
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ def _rewrite_meta(raw: bytes, **changes) -> bytes:
     (lambda raw: raw[: len(raw) - 100], "truncated"),
     (lambda raw: raw[:5], "truncated"),
     (lambda raw: raw[:-1000] + bytes([raw[-1000] ^ 1]) + raw[-999:], "checksum mismatch"),
-    (lambda raw: _rewrite_meta(raw, format_version="7"), "unsupported format version '7'"),
+    (lambda raw: _rewrite_meta(raw, format_version="8"), "unsupported format version '8'"),
     (lambda raw: _rewrite_meta(raw, format_version="2"), "version 2 needs activation settings"),
     (lambda raw: _rewrite_meta(raw, format="other"), "not a whisper-kdq packed checkpoint"),
     (lambda raw: raw[:8] + b"\xff" + raw[9:], "damaged header"),

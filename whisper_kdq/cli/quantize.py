@@ -24,6 +24,7 @@ def quantize(
     full_range: bool = typer.Option(False, "--full-range", help="Uniform symmetric on all 2**bits codes with a signed scale (q4_0's grid; no extra bytes)."),
     scale_bits: int = typer.Option(16, "--scale-bits", help="Store the default spec's scales as fp16 (16) or 8-bit log codes (8: ~1 byte a scale, within 2.8 %; for weights at 4 bits or fewer)."),
     floats: Optional[str] = typer.Option(None, "--floats", help="Store biases, norms and float weights as f32 (default) or f16."),
+    codec: Optional[str] = typer.Option(None, "--codec", help="Store the code streams as they are (none, default) or xz-compressed (xz: format version 7; trained codes shrink ~13 %)."),
     encoder_bits: Optional[int] = typer.Option(None, help="Bits for encoder layers (0 = keep float)."),
     decoder_bits: Optional[int] = typer.Option(None, help="Bits for decoder layers (0 = keep float)."),
     embedding_bits: Optional[int] = typer.Option(None, help="Bits for the token embedding / output projection (0 = float)."),
@@ -69,7 +70,7 @@ def quantize(
                                  symmetric=False if asymmetric else None, component_bits=components,
                                  overrides=override, clip=clip if clip or calibration is None else "output",
                                  base=load_plan(plan) if plan is not None else None, activation_bits=act_bits,
-                                 full_range=full_range, scale_bits=scale_bits, floats=floats)
+                                 full_range=full_range, scale_bits=scale_bits, floats=floats, codec=codec)
     if embedding_rows_bits is not None and not 2 <= embedding_rows_bits <= 8:
         raise UserError(f"--embedding-rows-bits must be 2-8, got {embedding_rows_bits}")
     if embedding_rows_bits is not None and (rows_from or calibration) is None:
@@ -152,7 +153,8 @@ def _report(summary: dict, specs: dict, verb: str, out: Optional[Path], as_json:
         table.add_row(name, "x".join(map(str, row["shape"])), what, f"{row['bytes']:,}")
     console.print(table)
     quantized = sum(1 for s in specs.values() if s is not None)
-    console.print(f"{verb} {out or '(nothing: dry run)'}: {summary['file_bytes']:,} bytes "
+    before = " before xz compression" if summary.get("before_compression") else ""
+    console.print(f"{verb} {out or '(nothing: dry run)'}: {summary['file_bytes']:,} bytes{before} "
                   f"({summary['ratio_vs_fp32']:.2f}x smaller than fp32, {summary['ratio_vs_fp16']:.2f}x than fp16); "
                   f"{quantized} tensors quantized at {summary['bits_per_weight_quantized']:.3f} bits per weight; "
                   f"{summary['bits_per_weight_file']:.3f} bits per parameter over the whole file{_activations_line(summary)}")

@@ -14,7 +14,7 @@ import lzma
 import struct
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -151,12 +151,15 @@ def _activations(model: torch.nn.Module, plan: Plan, qmeta: dict) -> dict | None
 
 
 def _metadata(model: torch.nn.Module, qmeta: dict, tied: dict, entries: list[Entry], checksum: str,
-              activations: dict | None = None, generated: dict | None = None) -> dict[str, str]:
+              activations: dict | None = None, generated: dict | None = None,
+              compressed: list[str] | None = None) -> dict[str, str]:
     qbytes = sum(e.nbytes for e in entries if "::" in e.name)
     qweights = sum(int(np.prod(m["shape"])) for m in qmeta.values())
     extra = {} if activations is None else {"activations": json.dumps(activations, sort_keys=True)}
     extra.update({"generated": json.dumps(generated, sort_keys=True)} if generated else {})
-    version = format_version(activations=activations is not None, generated=bool(generated), qmeta=qmeta)
+    extra.update({"compressed": json.dumps({"codec": "xz", "tensors": compressed})} if compressed else {})
+    version = format_version(activations=activations is not None, generated=bool(generated), qmeta=qmeta,
+                             compressed=bool(compressed))
     return {
         "format": FORMAT_NAME,
         "format_version": version,
@@ -192,8 +195,9 @@ def predict_packed(model: torch.nn.Module, plan: Plan, processor=None) -> dict:
         entries.append(Entry(TOKENIZER_KEY, "U8", (blob_len,)))
         entries.sort(key=lambda e: (ORDER[e.dtype], e.name))
     meta = _metadata(model, qmeta, tied, entries, _CHECKSUM_PLACEHOLDER, _activations(model, plan, qmeta), generated)
+    # With codec xz the sizes are those before compression (what xz saves depends on the trained codes).
     return {**_summary(model, entries, qmeta, tied, 8 + len(_header(entries, meta))), "activation_bits": plan.activation_bits,
-            "plan": plan.as_dict()}
+            "before_compression": plan.codec != "none", "plan": plan.as_dict()}
 
 
 def _summary(model, entries: list[Entry], qmeta: dict, tied: dict, header_bytes: int) -> dict:
@@ -230,11 +234,12 @@ def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, for
     entries, qmeta, tied, generated = _entries(model, plan, _tokenizer_blob(processor), qparams, column_weights,
                                     quantized=quantized)
     data = [_bytes(e) for e in entries]
+    compressed = _compress(entries, data) if plan.codec == "xz" else []
     digest = hashlib.sha256()
     for chunk in data:
         digest.update(chunk)
     header = _header(entries, _metadata(model, qmeta, tied, entries, "sha256:" + digest.hexdigest(),
-                                        _activations(model, plan, qmeta), generated))
+                                        _activations(model, plan, qmeta), generated, compressed))
     with atomic_file(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(header)))
@@ -243,9 +248,25 @@ def save_packed(out: Path, model: torch.nn.Module, processor, plan: Plan, *, for
                 f.write(chunk)
         tmp.chmod(0o644)  # mkstemp creates 0600; a checkpoint is an ordinary shareable file
     summary = _summary(model, entries, qmeta, tied, 8 + len(header))
+    summary["compressed_streams"] = len(compressed)
     summary["plan"] = plan.as_dict()
     summary["activation_bits"] = plan.activation_bits
     return summary
+
+
+def _compress(entries: list[Entry], data: list[bytes]) -> list[str]:
+    """xz-compress every code stream in place (entries and data) where that is smaller; the names compressed.
+    Trained codes are far from uniform (a 2-bit embedding's cold rows carry ~1.2 bits a code), and a general
+    compressor takes that without a format of our own: any xz tool reads the streams."""
+    names = []
+    for i, (e, raw) in enumerate(zip(entries, data)):
+        if not e.name.endswith("::codes"):
+            continue
+        z = lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=9 | lzma.PRESET_EXTREME)
+        if len(z) < len(raw):  # the file's checksum covers the stream; xz's own check would repeat it
+            entries[i], data[i] = replace(e, shape=(len(z),)), z
+            names.append(e.name)
+    return names
 
 
 def quantized_copy(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:

@@ -19,8 +19,8 @@ import torch
 from whisper_kdq.errors import CheckpointError
 from whisper_kdq.quant.container import DTYPES, TOKENIZER_KEY
 from whisper_kdq.quant.generated import generate
-from whisper_kdq.quant.metadata import check_metadata
-from whisper_kdq.quant.packing import unpack
+from whisper_kdq.quant.metadata import check_metadata, compressed_tensors
+from whisper_kdq.quant.packing import packed_nbytes, unpack
 from whisper_kdq.quant.rows import ROWS_SUFFIX, RowSplit, dequantize_split, stored_parts
 from whisper_kdq.quant.scales import decode_scales
 from whisper_kdq.quant.schemes import QTensor, QuantSpec, dequantize
@@ -55,7 +55,20 @@ def read_packed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         torch_dtype, np_dtype, _ = DTYPES[v["dtype"]]
         a, b = v["data_offsets"]
         tensors[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=np_dtype).copy()).reshape(v["shape"])
+    for name in compressed_tensors(path, meta):
+        tensors[name] = _decompress(path, name, tensors.get(name))
     return tensors, meta
+
+
+def _decompress(path: Path, name: str, stream: torch.Tensor | None) -> torch.Tensor:
+    """A compressed code stream (format version 7) as the bit-packed bytes it holds."""
+    if stream is None:
+        raise CheckpointError(f"{path}: damaged header (compressed lists {name}, which the file does not hold)")
+    try:
+        raw = lzma.decompress(stream.numpy().tobytes(), format=lzma.FORMAT_XZ)
+    except lzma.LZMAError as exc:
+        raise CheckpointError(f"{path}: {name}: not an xz stream ({exc})") from None
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
 
 
 def _spec(m: dict) -> QuantSpec:
@@ -73,6 +86,10 @@ def _qtensors(tensors: dict[str, torch.Tensor], qmeta: dict) -> dict[str, QTenso
         split = None if "rows" not in m else RowSplit(tuple(tensors[name + ROWS_SUFFIX].tolist()),
                                                       replace(spec, bits=m["rows"]["bits"]))
         for part, pspec, pshape in stored_parts(name, spec, tuple(m["shape"]), split):
+            n = int(np.prod(pshape))
+            if tensors[f"{part}::codes"].numel() != packed_nbytes(n, pspec.bits):
+                raise CheckpointError(f"{part}::codes: {tensors[f'{part}::codes'].numel()} bytes where {n} codes of "
+                                      f"{pspec.bits} bits need {packed_nbytes(n, pspec.bits)}")
             codes = unpack(tensors[f"{part}::codes"], pspec.bits, int(np.prod(pshape))).reshape(pshape)
             scales = tensors[f"{part}::scales"]
             if pspec.scale_bits == 8:
