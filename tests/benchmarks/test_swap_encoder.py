@@ -42,3 +42,20 @@ def test_the_encoder_comes_from_one_file_and_everything_else_from_the_other(tmp_
     save_packed(c, tiny_model(seed=3, encoder_layers=3), tiny_processor_obj(), plan)
     with pytest.raises(UserError, match="3 encoder blocks"):
         swap_encoder.swap_encoder(a, c, plan, tmp_path / "x.safetensors")
+
+
+def test_a_weight_the_plan_moves_to_other_bits_is_quantized_anew(tmp_path):
+    """The file's decoder at 3 bits, the new plan's fc1 at 4: fc1 gets a 4-bit grid from its dequantized values (close
+    to them: ~7 % relative error here), every other weight keeps its codes."""
+    a, b, out = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "ab.safetensors"
+    save_packed(a, tiny_model(seed=1), tiny_processor_obj(), plan_from_options(bits=3))
+    save_packed(b, tiny_model(seed=2), tiny_processor_obj(), plan_from_options(bits=3))
+    fc1 = "model.decoder.layers.0.fc1.weight"
+    swap_encoder.swap_encoder(a, b, plan_from_options(bits=3, overrides=[r"decoder\.layers\.0\.fc1=4"]), out)
+    got, from_a = packed_codes(out), packed_codes(a)
+    assert got[fc1].spec.bits == 4 and from_a[fc1].spec.bits == 3
+    w, w_a = load_packed(out).model.state_dict()[fc1], load_packed(a).model.state_dict()[fc1]
+    rel = ((w - w_a).norm() / w_a.norm()).item()
+    assert 0 < rel < 0.1, rel  # a 4-bit grid over 3-bit values: close, not equal
+    fc2 = "model.decoder.layers.0.fc2.weight"
+    assert torch.equal(got[fc2].codes, from_a[fc2].codes) and torch.equal(got[fc2].scales, from_a[fc2].scales)
