@@ -200,6 +200,21 @@ def test_wide_test_grows_an_existing_corpus_in_place(tmp_path, monkeypatch):
     assert len(_rows(tmp_path / "test.jsonl")) == sum(r["split"] == "test" for r in rows) + 2
 
 
+def test_growing_a_corpus_keeps_its_clips_listed_when_interrupted(tmp_path, monkeypatch):
+    # A --wide-test run stopped half-way (or read by another job while it runs) must not leave manifests that
+    # list only the clips it has reached: the train and dev splits made earlier stay listed throughout.
+    monkeypatch.setattr(synth, "synthesize_one", FakeSynth())
+    monkeypatch.setattr(synth, "load_test_sentences", lambda language: [f"{language} new sentence {i}." for i in range(3)])
+    rows = _rows(synthesize_corpus(tmp_path, ja_limit=6, en_limit=4, progress=False))
+    monkeypatch.setattr(synth, "SAVE_EVERY", 2)
+    monkeypatch.setattr(synth, "synthesize_one", FakeSynth(fail_after=3))
+    with pytest.raises(KeyboardInterrupt):
+        synthesize_corpus(tmp_path, ja_limit=6, en_limit=4, progress=False, wide_test=True)
+    listed = _rows(tmp_path / "manifest.jsonl")
+    assert all(r in listed for r in rows) and len(listed) == len(rows) + 2  # saved after the 2nd new clip
+    assert len(_rows(tmp_path / "train.jsonl")) == sum(r["split"] == "train" for r in rows) > 0
+
+
 def test_interrupted_run_continues(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "SAVE_EVERY", 2)
     monkeypatch.setattr(synth, "synthesize_one", FakeSynth(fail_after=5))

@@ -319,47 +319,55 @@ def synthesize_corpus(out_dir: str | Path, *, ja_limit: int | None = None, en_li
 
     `wide_test` adds the test-only sentences to the test split; an existing corpus grows in place.
     Clips whose FLAC exists are kept as they are; the manifests are rewritten atomically every
-    `SAVE_EVERY` new clips and at the end, listing the clips present so far.
+    `SAVE_EVERY` new clips and at the end, listing every clip present so far (those kept included).
     """
     out = Path(out_dir)
     clips = plan_corpus(ja_limit=ja_limit, en_limit=en_limit, seed=seed, wide_test=wide_test)
-    rows: list[dict] = []
+    # The clips already on disk are listed before anything new is made, so that a manifest written while an
+    # existing corpus grows (or after an interrupted run) still lists all of them, in the plan's order.
+    present: dict[str, dict] = {}
+    for clip in clips:
+        path = out / clip.audio
+        if path.is_file():
+            try:
+                present[clip.id] = _row(clip, sf.info(str(path)).duration)
+            except (sf.LibsndfileError, RuntimeError):
+                path.unlink()  # left half-written by an older version; make it again
+
+    def rows() -> list[dict]:
+        return [present[clip.id] for clip in clips if clip.id in present]
+
     failures: list[str] = []
     new = 0
     started = time.monotonic()
     reporter = _Reporter(len(clips), progress)
     try:
         for clip in clips:
+            if clip.id in present:
+                reporter.advance(clip, False)
+                continue
+            try:
+                audio = synthesize_one(clip.text, clip.language, clip.voice, clip.rate)
+            except UserError as exc:
+                failures.append(f"{clip.id}: {exc}")
+                reporter.advance(clip, False)
+                continue
             path = out / clip.audio
-            synthesized = False
-            if path.is_file():
-                try:
-                    seconds = sf.info(str(path)).duration
-                except (sf.LibsndfileError, RuntimeError):
-                    path.unlink()  # left half-written by an older version; make it again
-            if not path.is_file():
-                try:
-                    audio = synthesize_one(clip.text, clip.language, clip.voice, clip.rate)
-                except UserError as exc:
-                    failures.append(f"{clip.id}: {exc}")
-                    reporter.advance(clip, False)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_flac(path, audio)
-                seconds, synthesized = len(audio) / SAMPLE_RATE, True
-                new += 1
-            rows.append(_row(clip, seconds))
-            reporter.advance(clip, synthesized)
-            if synthesized and new % SAVE_EVERY == 0:
-                _write_manifests(out, rows)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_flac(path, audio)
+            present[clip.id] = _row(clip, len(audio) / SAMPLE_RATE)
+            new += 1
+            reporter.advance(clip, True)
+            if new % SAVE_EVERY == 0:
+                _write_manifests(out, rows())
     finally:
         reporter.close()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _write_manifests(out, rows)
+    manifest = _write_manifests(out, rows())
     if progress:
         elapsed = time.monotonic() - started
         speed = f", {new / elapsed:.2f} clips/s" if new and elapsed > 0 else ""
-        print(f"corpus: {len(rows)} clips in {out} ({new} new{speed})", file=sys.stderr, flush=True)
+        print(f"corpus: {len(present)} clips in {out} ({new} new{speed})", file=sys.stderr, flush=True)
         for failure in failures:
             print(f"warning: skipped {failure}", file=sys.stderr, flush=True)
     return manifest
