@@ -46,13 +46,13 @@ from whisper_kdq.quant.plan import load_plan
 summary = compose_student(load_model("base"), Path(sys.argv[1]), load_plan(Path(sys.argv[2])), Path(sys.argv[3]))
 print(json.dumps({"student": sys.argv[3], "file_bytes": summary["file_bytes"]}))
 PYEOF
-# Stage 2: the decoder and embedding trained quantization-aware on the frozen 4-bit encoder (at 10 s; 200 steps, as
+# Stage 2: the decoder and embedding trained quantization-aware on the frozen 4-bit encoder (at 10 s; 160 steps, as
 # many as the session left time for: with 2.7 speed-perturbed copies of the 895 clips every step fills the teacher cache).
 if [ ! -f $O/$N/model.safetensors ]; then stamp stage2
 $PY -m whisper_kdq distill --teacher base --data corpus/train-subset-ja570-en325.jsonl --out $O/$N --freeze-encoder \
-  --student $O/$N-start.safetensors --steps 200 --batch-size 8 --lr 1e-4 --warmup 50 --save-every 100 --device cpu \
+  --student $O/$N-start.safetensors --steps 160 --batch-size 8 --lr 1e-4 --warmup 40 --save-every 80 --device cpu \
   --teacher-cache $O/teacher-cache-w10.pt --window 10 --ce 0.3 --kd 1 --hidden 1 --matching static --plan $P \
-  --qat-init packed --eval-data corpus/manifest.jsonl --eval-split dev --eval-every 100 --speed-perturb 0.9,1.1 --json > $L/stage2.json
+  --qat-init packed --eval-data corpus/manifest.jsonl --eval-split dev --eval-every 80 --speed-perturb 0.9,1.1 --json > $L/stage2.json
 fi
 # Stored with xz-compressed codes (the same weights: `--method keep` on the file's own grid).
 [ -f $O/$N-xz.safetensors ] || $PY -m whisper_kdq quantize --model $O/$N/model.safetensors --plan $P --method keep \
