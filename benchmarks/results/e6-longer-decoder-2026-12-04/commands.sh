@@ -45,3 +45,10 @@ stamp done
   --split test --language en --window 30 --predictions $L/en-greedy-predictions.jsonl --force --json > $L/en-greedy.json
 $PY benchmarks/significance.py --base benchmarks/results/wide-test-2026-12-02/teacher-predictions.jsonl --ids '^en-' \
   $L/en-greedy-predictions.jsonl --json > $L/significance-en-greedy.json
+# Decoded at the 10-s window it was trained at (the teacher stays at 30 s).
+[ -f $L/en-w10.json ] || $PY -m whisper_kdq evaluate --model $O/$N-xz.safetensors --data corpus/manifest.jsonl --split test \
+  --language en --window 10 --fallback --predictions $L/en-w10-predictions.jsonl --force --json > $L/en-w10.json
+[ -f $L/ja-w10.json ] || $PY -m whisper_kdq evaluate --model $O/$N-xz.safetensors --data corpus/manifest.jsonl --split test \
+  --language ja --window 10 --predictions $L/ja-w10-predictions.jsonl --force --json > $L/ja-w10.json
+$PY benchmarks/significance.py --base $E5/teacher-en-predictions.jsonl $L/en-w10-predictions.jsonl --json > $L/significance-en-w10-fallback.json
+$PY benchmarks/significance.py --base $E5/teacher-ja-predictions.jsonl $L/ja-w10-predictions.jsonl --json > $L/significance-ja-w10.json
